@@ -1,0 +1,142 @@
+"""The backend interface every RGB-D codec implements (classical and learned).
+
+This module knows nothing of ROS. A backend turns one synchronized colour +
+depth pair into one self-describing payload (``bytes``) and back. The ROS
+nodes, the bag tools and the command line only ever talk to this interface.
+
+Conventions (REP 118 for depth):
+- ``color`` is ``uint8``, either HxWx3 RGB or HxW grey (mono).
+- ``depth`` is either ``uint16`` (integer units; ``depth_scale_per_m`` units
+  per metre, 1000 for millimetres; 0 = no measurement) or ``float32`` metres
+  (``depth_scale_per_m`` = 1.0; NaN = no measurement; +-inf and values <= 0
+  are treated as no measurement and come back as NaN).
+- A decoded frame has the same shapes and dtypes as the encoded one, and its
+  holes are exactly where the input's holes were.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+
+class CodecError(ValueError):
+    """A payload or an input that cannot be coded; the message says why."""
+
+
+@dataclass
+class RGBDFrame:
+    color: np.ndarray
+    depth: np.ndarray
+    depth_scale_per_m: float = 1000.0
+
+    def validate(self) -> None:
+        """Raise CodecError if the pair is not something a backend accepts."""
+        c, d = self.color, self.depth
+        if not isinstance(c, np.ndarray) or not isinstance(d, np.ndarray):
+            raise CodecError("colour and depth must be numpy arrays")
+        if c.dtype != np.uint8 or c.ndim not in (2, 3) or (c.ndim == 3 and c.shape[2] != 3):
+            raise CodecError(
+                f"colour must be uint8 HxWx3 (RGB) or HxW (mono), got {c.dtype} {c.shape}")
+        if d.ndim != 2 or d.dtype not in (np.uint16, np.float32):
+            raise CodecError(f"depth must be HxW uint16 or float32, got {d.dtype} {d.shape}")
+        if c.shape[0] == 0 or c.shape[1] == 0:
+            raise CodecError("empty image")
+        if c.shape[:2] != d.shape:
+            raise CodecError(
+                f"colour {c.shape[1]}x{c.shape[0]} and depth {d.shape[1]}x{d.shape[0]} "
+                "differ in size; register depth to the colour camera first")
+        if not np.isfinite(self.depth_scale_per_m) or self.depth_scale_per_m <= 0:
+            raise CodecError(f"depth_scale_per_m must be > 0, got {self.depth_scale_per_m}")
+        if d.dtype == np.float32 and self.depth_scale_per_m != 1.0:
+            raise CodecError("float32 depth is in metres: depth_scale_per_m must be 1.0")
+
+    @property
+    def width(self) -> int:
+        return int(self.color.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.color.shape[0])
+
+    def hole_mask(self) -> np.ndarray:
+        """True where depth has no measurement."""
+        d = self.depth
+        if d.dtype == np.uint16:
+            return d == 0
+        return ~np.isfinite(d) | (d <= 0)
+
+
+@dataclass
+class EncodedRGBD:
+    """One coded pair. ``payload`` is everything ``decode`` needs."""
+    payload: bytes
+    codec: str
+    model_id: str
+    quality: str
+    bytes_rgb: Optional[int] = None     # None where the streams are not separable
+    bytes_depth: Optional[int] = None
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+class CodecBackend(abc.ABC):
+    """A codec. Instances are cheap to call repeatedly; options may change between calls."""
+
+    #: registry name, written into every message / payload
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def model_id(self) -> str:
+        """Identifies what a decoder needs (e.g. weights name + hash); '' if nothing."""
+
+    @property
+    @abc.abstractmethod
+    def quality(self) -> str:
+        """The current quality settings as a short human-readable string."""
+
+    @abc.abstractmethod
+    def configure(self, **options: Any) -> None:
+        """Change options (quality, ...); raise CodecError naming a bad option."""
+
+    @abc.abstractmethod
+    def encode(self, frame: RGBDFrame) -> EncodedRGBD:
+        """Code one pair. Raise CodecError for inputs it cannot code."""
+
+    @abc.abstractmethod
+    def decode(self, payload: bytes) -> RGBDFrame:
+        """Decode one payload. Raise CodecError (never return a wrong image) on a bad payload."""
+
+
+_REGISTRY: Dict[str, Callable[..., CodecBackend]] = {}
+
+
+def register_backend(name: str, factory: Callable[..., CodecBackend]) -> None:
+    _REGISTRY[name] = factory
+
+
+def available_backends() -> list:
+    _load_builtin_backends()
+    return sorted(_REGISTRY)
+
+
+def create_backend(name: str, **options: Any) -> CodecBackend:
+    """Instantiate a backend by name, e.g. ``create_backend('classical', color_quality=90)``."""
+    _load_builtin_backends()
+    if name not in _REGISTRY:
+        raise CodecError(f"unknown codec {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**options)
+
+
+def _load_builtin_backends() -> None:
+    # Imported lazily: the learned backend pulls in torch, which is slow to import.
+    import importlib
+
+    for mod in ("rgbd_codec_ros.codec.classical", "rgbd_codec_ros.codec.learned.backend"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # a backend still being written
+            if exc.name is None or not exc.name.startswith("rgbd_codec_ros"):
+                raise
