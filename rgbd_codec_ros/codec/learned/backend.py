@@ -1,0 +1,179 @@
+"""The learned joint RGB-D codec as a ``CodecBackend`` (name "learned")."""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..base import CodecBackend, CodecError, EncodedRGBD, RGBDFrame, register_backend
+from . import bitstream as bs
+from .depth import decode_mask, depth_to_metres, encode_mask, fill_holes, normalise, restore_depth
+from .model import PAD_MULTIPLE, LatentMismatch, RGBDCompressionModel, load_model
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
+DEFAULT_WEIGHTS = "lite.pt"
+MIN_SIZE = 128   # Bi-CPT needs ~15 px at 1/8 scale
+
+
+def padded_size(height: int, width: int) -> Tuple[int, int]:
+    def up(v):
+        return max(MIN_SIZE, -(-v // PAD_MULTIPLE) * PAD_MULTIPLE)
+    return up(height), up(width)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise CodecError(f"device must be cpu, cuda or auto, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CodecError("device 'cuda' requested but CUDA is not available; use device=cpu")
+    return device
+
+
+class LearnedBackend(CodecBackend):
+    """Options: weights (path; default: the shipped lite model), quality (index),
+    device (cpu|cuda|auto), threads (CPU threads, 0 = leave as is)."""
+
+    name = "learned"
+
+    def __init__(self, weights: Optional[str] = None, quality: int = 1, device: str = "auto",
+                 threads: int = 0, model: Optional[RGBDCompressionModel] = None,
+                 model_id: Optional[str] = None):
+        self._device = resolve_device(device)
+        if threads:
+            torch.set_num_threads(int(threads))
+        if model is not None:   # an in-memory frozen model (tests, evaluation during training)
+            self._model, self._model_id = model.to(self._device).eval(), model_id or model.preset.name
+        else:
+            self._model, self._model_id = self._load(weights)
+        self._decoders: Dict[str, RGBDCompressionModel] = {self._model_id: self._model}
+        self._quality = 0
+        self.configure(quality=quality)
+
+    def _load(self, weights: Optional[str]):
+        path = weights or os.path.join(MODELS_DIR, DEFAULT_WEIGHTS)
+        if not os.path.isfile(path):
+            raise CodecError(f"learned-codec weights {path} not found; pass weights=PATH "
+                             "(train some with 'rgbd-codec train')")
+        try:
+            model, meta = load_model(path, self._device)
+        except (RuntimeError, KeyError, ValueError, OSError) as exc:
+            raise CodecError(f"cannot load learned-codec weights {path}: {exc}") from None
+        return model, meta["model_id"]
+
+    # ---------------------------------------------------------------- interface
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def quality(self) -> str:
+        return f"q={self._quality} ({self._model.preset.qualities[self._quality]})"
+
+    @property
+    def model(self) -> RGBDCompressionModel:
+        return self._model
+
+    def configure(self, **options: Any) -> None:
+        for key, value in options.items():
+            if key == "quality":
+                q = int(value)
+                if not 0 <= q < self._model.num_qualities:
+                    raise CodecError(f"quality must be 0..{self._model.num_qualities - 1} for model "
+                                     f"{self._model_id}, got {value}")
+                self._quality = q
+            else:
+                raise CodecError(f"unknown option {key!r} for the learned codec (known: quality)")
+
+    def encode(self, frame: RGBDFrame) -> EncodedRGBD:
+        frame.validate()
+        model, dev = self._model, self._device
+        h, w = frame.height, frame.width
+        ph, pw = padded_size(h, w)
+        color = frame.color
+        mono = color.ndim == 2
+        rgb = np.repeat(color[..., None], 3, axis=2) if mono else color
+        metres, valid = depth_to_metres(frame.depth, frame.depth_scale_per_m)
+        norm, clipped = normalise(metres, valid, model.depth_range_m)
+        norm = fill_holes(norm, valid)
+
+        x = torch.from_numpy(rgb).to(dev).permute(2, 0, 1)[None].float() / 255.0
+        d = torch.from_numpy(norm).to(dev)[None, None]
+        x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
+        d = F.pad(d, (0, pw - w, 0, ph - h), mode="replicate")
+        out = model.compress(x, d, self._quality)
+        s = out["streams"]
+        sections = dict(s, hole_mask=encode_mask(~valid), clipped_mask=encode_mask(clipped))
+        header = bs.LearnedFrameHeader(
+            model_id=self._model_id, quality=self._quality, width=w, height=h, padded_width=pw,
+            padded_height=ph, color_mode=bs.COLOR_MONO if mono else bs.COLOR_RGB,
+            depth_type=bs.DEPTH_U16 if frame.depth.dtype == np.uint16 else bs.DEPTH_F32,
+            depth_scale_per_m=float(frame.depth_scale_per_m), depth_range_m=model.depth_range_m,
+            z_height=out["z_shape"][0], z_width=out["z_shape"][1], latent_hash=out["latent_hash"])
+        payload = bs.pack(header, sections)
+        return EncodedRGBD(
+            payload=payload, codec=self.name, model_id=self._model_id, quality=self.quality,
+            bytes_rgb=len(s["z_rgb"]) + len(s["y_rgb"]),
+            bytes_depth=len(s["z_depth"]) + len(s["y_depth"]) + len(sections["hole_mask"])
+            + len(sections["clipped_mask"]),
+            info={"estimated_bits": out["estimated_bits"], "clipped_pixels": int(clipped.sum())})
+
+    def decode(self, payload: bytes) -> RGBDFrame:
+        header, sections = bs.unpack(payload)
+        model = self._model_for(header.model_id)
+        h, w = header.height, header.width
+        if (header.padded_height, header.padded_width) != padded_size(h, w) or h == 0 or w == 0:
+            raise CodecError(f"learned payload has inconsistent sizes {w}x{h} / "
+                             f"{header.padded_width}x{header.padded_height}")
+        zh, zw = header.padded_height // 64, header.padded_width // 64
+        if (header.z_height, header.z_width) != (zh, zw):
+            raise CodecError("learned payload has an inconsistent latent size")
+        if not 0 <= header.quality < model.num_qualities:
+            raise CodecError(f"learned payload quality {header.quality} is out of range for {header.model_id}")
+        if header.color_mode not in (bs.COLOR_RGB, bs.COLOR_MONO) or header.depth_type not in (bs.DEPTH_U16, bs.DEPTH_F32):
+            raise CodecError("learned payload has an unknown colour mode or depth type")
+        if not np.isfinite(header.depth_scale_per_m) or header.depth_scale_per_m <= 0:
+            raise CodecError("learned payload has an invalid depth scale")
+        if header.depth_range_m != np.float32(model.depth_range_m):
+            raise CodecError(f"learned payload depth range {header.depth_range_m} m differs from the model's")
+        holes = decode_mask(sections["hole_mask"], h, w)
+        clipped = decode_mask(sections["clipped_mask"], h, w)
+        try:
+            x_r, x_d = model.decompress({k: sections[k] for k in ("z_rgb", "z_depth", "y_rgb", "y_depth")},
+                                        (zh, zw), header.quality, expected_hash=header.latent_hash)
+        except LatentMismatch as exc:
+            raise CodecError(f"learned payload does not decode: {exc}") from None
+        except (RuntimeError, ValueError, OverflowError) as exc:   # rANS reading past a damaged stream
+            raise CodecError(f"learned payload does not decode: {exc}") from None
+        rgb = (x_r[0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy() * 255.0).round().astype(np.uint8)
+        if header.color_mode == bs.COLOR_MONO:
+            color = np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)
+        else:
+            color = np.ascontiguousarray(rgb)
+        norm = x_d[0, 0, :h, :w].float().cpu().numpy()
+        dtype = np.uint16 if header.depth_type == bs.DEPTH_U16 else np.float32
+        depth = restore_depth(norm, ~holes, clipped, dtype, header.depth_scale_per_m, header.depth_range_m)
+        scale = 1.0 if dtype == np.float32 else header.depth_scale_per_m
+        return RGBDFrame(color=color, depth=depth, depth_scale_per_m=scale)
+
+    def _model_for(self, model_id: str) -> RGBDCompressionModel:
+        if model_id in self._decoders:
+            return self._decoders[model_id]
+        for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.pt"))):
+            try:
+                model, meta = load_model(path, self._device)
+            except Exception:   # an unreadable file in the models folder is not this payload's model
+                continue
+            self._decoders[meta["model_id"]] = model
+            if meta["model_id"] == model_id:
+                return model
+        raise CodecError(f"payload was encoded with model {model_id}, but this decoder has "
+                         f"{', '.join(sorted(self._decoders))}; give the decoder those weights")
+
+
+register_backend("learned", LearnedBackend)

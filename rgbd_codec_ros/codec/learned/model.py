@@ -1,0 +1,312 @@
+"""The joint RGB-D compression model (Bi-CPT transforms + Bi-CEE entropy model).
+
+``RGBDCompressionModel.forward`` is the training path. ``compress`` /
+``decompress`` code real rANS streams through the exact entropy path, and
+``reconstruct`` is the model's own quantised reconstruction (the same exact
+path without the entropy coder), which ``decompress(compress(x))`` equals.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from compressai.ans import BufferedRansEncoder, RansDecoder
+
+from .entropy import (MODALITIES, BiCEE, CrossModalHyperSynthesis, ExactCoder, FactorizedLatent,
+                      TrainingCoder)
+from .fixedpoint import ONE, exact_mode, freeze_exact
+from .transforms import VARIANT_LINKS, HyperAnalysis, JointAnalysis, JointSynthesis
+
+#: the paper's lambda table; quality "a_b" = (LAMBDAS[a] for rgb, LAMBDAS[b] for depth)
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    N: int
+    M: int
+    groups: Tuple[int, ...]
+    context_widths: Tuple[int, int]
+    analysis_blocks: int = 3
+    synthesis_blocks: int = 2
+    qualities: Tuple[str, ...] = ("0_0", "1_1", "3_3", "5_5")
+    depth_range_m: float = 10.0
+
+
+PRESETS: Dict[str, Preset] = {
+    # the paper's size: N=192, M=320, ELIC groups
+    "paper": Preset("paper", 192, 320, (16, 16, 32, 64, 192), (224, 128),
+                    qualities=("2_2", "3_3", "4_4", "5_5")),
+    # trained and shipped here (2-core CPU); see the model card for the measured choice
+    "lite": Preset("lite", 32, 64, (4, 4, 8, 16, 32), (48, 32), analysis_blocks=1, synthesis_blocks=1),
+    # for tests only
+    "tiny": Preset("tiny", 16, 32, (2, 2, 4, 8, 16), (16, 16), analysis_blocks=1, synthesis_blocks=1),
+}
+
+PAD_MULTIPLE = 64
+
+
+def parse_quality(name: str) -> Tuple[int, int]:
+    """'a_b' -> (a, b) lambda-table indices."""
+    try:
+        a, b = (int(p) for p in name.split("_"))
+    except ValueError:
+        raise ValueError(f"quality {name!r} is not in 'a_b' notation (e.g. '3_3')") from None
+    if not (0 <= a < len(LAMBDAS) and 0 <= b < len(LAMBDAS)):
+        raise ValueError(f"quality {name!r}: indices must be 0..{len(LAMBDAS) - 1}")
+    return a, b
+
+
+class RGBDCompressionModel(nn.Module):
+    def __init__(self, preset: Preset, variant: str = "joint"):
+        super().__init__()
+        if variant not in VARIANT_LINKS:
+            raise ValueError(f"variant must be one of {sorted(VARIANT_LINKS)}, got {variant!r}")
+        self.preset, self.variant = preset, variant
+        N, M = preset.N, preset.M
+        self.g_a = JointAnalysis(N, M, variant, preset.analysis_blocks)
+        self.g_s = JointSynthesis(N, M, variant, preset.synthesis_blocks)
+        self.h_a = nn.ModuleDict({m: HyperAnalysis(N, M) for m in MODALITIES})
+        self.z = nn.ModuleDict({m: FactorizedLatent(N) for m in MODALITIES})
+        self.h_s = CrossModalHyperSynthesis(N, M, variant)
+        self.bicee = BiCEE(M, preset.groups, variant, preset.context_widths)
+        # quality-conditioned gains on y (one model, several operating points)
+        Q = len(preset.qualities)
+        init = torch.tensor([0.5 * math.log(2.0) * (q - (Q - 1)) for q in range(Q)]).view(Q, 1)
+        self.log_gain = nn.ParameterDict({m: nn.Parameter(init.repeat(1, M).clone()) for m in MODALITIES})
+        self.log_inv_gain = nn.ParameterDict({m: nn.Parameter(-init.repeat(1, M).clone()) for m in MODALITIES})
+        self.frozen = False
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def num_qualities(self) -> int:
+        return len(self.preset.qualities)
+
+    @property
+    def lambdas(self) -> List[Tuple[float, float]]:
+        return [tuple(LAMBDAS[i] for i in parse_quality(q)) for q in self.preset.qualities]
+
+    @property
+    def depth_range_m(self) -> float:
+        return self.preset.depth_range_m
+
+    def main_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.endswith(".quantiles")]
+
+    def aux_parameters(self):
+        return [p for n, p in self.named_parameters() if n.endswith(".quantiles")]
+
+    def aux_loss(self) -> torch.Tensor:
+        return sum(self.z[m].bottleneck.loss() for m in MODALITIES)
+
+    def _gain(self, m: str, quality, inverse=False) -> torch.Tensor:
+        table = (self.log_inv_gain if inverse else self.log_gain)[m]
+        if isinstance(quality, int):
+            if not 0 <= quality < self.num_qualities:
+                raise ValueError(f"quality index must be 0..{self.num_qualities - 1}, got {quality}")
+            return torch.exp(table[quality]).view(1, -1, 1, 1)
+        return torch.exp(table[quality]).view(len(quality), -1, 1, 1)
+
+    # ---------------------------------------------------------------- training
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, quality: Union[int, torch.Tensor] = 0):
+        y_r, y_d = self.g_a(rgb, depth)
+        y = {"rgb": y_r * self._gain("rgb", quality), "depth": y_d * self._gain("depth", quality)}
+        z_hat, z_lik = {}, {}
+        for m in MODALITIES:
+            z_hat[m], z_lik[m] = self.z[m](self.h_a[m](y[m]))
+        p_r, p_d = self.h_s(z_hat["rgb"], z_hat["depth"])
+        coder = TrainingCoder(self.bicee, y, noise=self.training)
+        y_hat = self.bicee.run({"rgb": p_r, "depth": p_d}, coder)
+        x_r, x_d = self.g_s(y_hat["rgb"] * self._gain("rgb", quality, True),
+                            y_hat["depth"] * self._gain("depth", quality, True))
+        return {
+            "x_hat": {"rgb": x_r, "depth": x_d},
+            "likelihoods": {m: {"y": coder.likelihoods[m], "z": z_lik[m]} for m in MODALITIES},
+        }
+
+    # ---------------------------------------------------------------- exact path
+    def freeze(self) -> None:
+        """Fix the integer entropy path and the coder tables from the current weights."""
+        freeze_exact(self)
+        for m in MODALITIES:
+            self.z[m].bottleneck.update(force=True)
+        self.bicee.gaussian.update_scale_table(self.bicee.gaussian.scale_table, force=True)
+        self.frozen = True
+
+    def _require_frozen(self):
+        if not self.frozen:
+            raise RuntimeError("call model.freeze() (or load exported weights) before coding")
+
+    @torch.no_grad()
+    def _analyse(self, rgb, depth, quality: int):
+        y_r, y_d = self.g_a(rgb, depth)
+        y = {"rgb": y_r * self._gain("rgb", quality), "depth": y_d * self._gain("depth", quality)}
+        z_sym, z_fixed = {}, {}
+        for m in MODALITIES:
+            z_sym[m], z_fixed[m] = self.z[m].quantize(self.h_a[m](y[m]))
+        return y, z_sym, z_fixed
+
+    @torch.no_grad()
+    def _synthesise(self, y_fixed: Dict[str, torch.Tensor], quality: int):
+        dtype = next(self.g_s.parameters()).dtype
+        y_r = (y_fixed["rgb"] / ONE).to(dtype) * self._gain("rgb", quality, True)
+        y_d = (y_fixed["depth"] / ONE).to(dtype) * self._gain("depth", quality, True)
+        x_r, x_d = self.g_s(y_r, y_d)
+        return x_r.clamp(0, 1), x_d.clamp(0, 1)
+
+    @torch.no_grad()
+    def _entropy_path(self, z_fixed, coder):
+        with exact_mode(self):
+            p_r, p_d = self.h_s(z_fixed["rgb"], z_fixed["depth"])
+            return self.bicee.run({"rgb": p_r, "depth": p_d}, coder)
+
+    @torch.no_grad()
+    def reconstruct(self, rgb, depth, quality: int = 0):
+        """The model's own quantised reconstruction through the exact path, plus estimated bits."""
+        self._require_frozen()
+        y, z_sym, z_fixed = self._analyse(rgb, depth, quality)
+        coder = ExactCoder(self.bicee, y=y)
+        y_fixed = self._entropy_path(z_fixed, coder)
+        x_r, x_d = self._synthesise(y_fixed, quality)
+        bits = {m: coder.estimated_bits(m) + self.z[m].estimated_bits(z_sym[m]) for m in MODALITIES}
+        return {"x_hat": {"rgb": x_r, "depth": x_d}, "estimated_bits": bits}
+
+    @torch.no_grad()
+    def compress(self, rgb, depth, quality: int = 0) -> Dict:
+        """Code one padded pair (batch 1) into four rANS streams + a hash of the decoded latents."""
+        self._require_frozen()
+        if rgb.shape[0] != 1:
+            raise ValueError("compress codes one pair at a time")
+        y, z_sym, z_fixed = self._analyse(rgb, depth, quality)
+        coder = ExactCoder(self.bicee, y=y)
+        y_fixed = self._entropy_path(z_fixed, coder)
+        streams = {}
+        for m in MODALITIES:
+            streams["z_" + m] = self._encode_z(m, z_sym[m])
+            streams["y_" + m] = self._encode_y(coder.symbols[m], coder.indexes[m])
+        bits = {m: coder.estimated_bits(m) + self.z[m].estimated_bits(z_sym[m]) for m in MODALITIES}
+        return {"streams": streams, "z_shape": tuple(z_sym["rgb"].shape[2:]),
+                "latent_hash": latent_hash(z_fixed, y_fixed), "estimated_bits": bits}
+
+    @torch.no_grad()
+    def decompress(self, streams: Dict[str, bytes], z_shape: Tuple[int, int], quality: int = 0,
+                   expected_hash: Optional[bytes] = None):
+        self._require_frozen()
+        device = next(self.parameters()).device
+        shape = (1, self.preset.N) + tuple(z_shape)
+        z_fixed = {m: self.z[m].dequantize(self._decode_z(m, streams["z_" + m], shape)).to(device)
+                   for m in MODALITIES}
+        decoders = {}
+        for m in MODALITIES:
+            decoders[m] = RansDecoder()
+            decoders[m].set_stream(streams["y_" + m])
+        cdf, lengths, offsets = self._gaussian_tables()
+
+        def decode_symbols(m, idx):
+            out = decoders[m].decode_stream(idx.cpu().tolist(), cdf, lengths, offsets)
+            return torch.tensor(out, dtype=torch.float64)
+
+        coder = ExactCoder(self.bicee, decode_symbols=decode_symbols)
+        y_fixed = self._entropy_path(z_fixed, coder)
+        if expected_hash is not None and latent_hash(z_fixed, y_fixed) != expected_hash:
+            raise LatentMismatch(
+                "decoded latents do not match the encoder's (wrong weights or a corrupted stream)")
+        return self._synthesise(y_fixed, quality)
+
+    # ---------------------------------------------------------------- rANS
+    def _gaussian_tables(self):
+        gc = self.bicee.gaussian
+        return gc._quantized_cdf.tolist(), gc._cdf_length.tolist(), gc._offset.tolist()
+
+    def _encode_y(self, symbols: List[torch.Tensor], indexes: List[torch.Tensor]) -> bytes:
+        enc = BufferedRansEncoder()
+        cdf, lengths, offsets = self._gaussian_tables()
+        for s, i in zip(symbols, indexes):   # coding order = order of the steps
+            enc.encode_with_indexes(s.cpu().int().tolist(), i.cpu().int().tolist(), cdf, lengths, offsets)
+        return enc.flush()
+
+    def _encode_z(self, m: str, q: torch.Tensor) -> bytes:
+        enc = BufferedRansEncoder()
+        idx = self.z[m].channel_indexes(q.shape)
+        enc.encode_with_indexes(q.cpu().int().flatten().tolist(), idx.flatten().int().tolist(),
+                                *self.z[m].tables())
+        return enc.flush()
+
+    def _decode_z(self, m: str, data: bytes, shape) -> torch.Tensor:
+        dec = RansDecoder()
+        idx = self.z[m].channel_indexes(shape)
+        out = dec.decode_with_indexes(data, idx.flatten().int().tolist(), *self.z[m].tables())
+        return torch.tensor(out, dtype=torch.float64).view(shape)
+
+    # ---------------------------------------------------------------- weights
+    def export_weights(self, path, metadata: Optional[dict] = None) -> str:
+        """Write finished weights (transforms in fp16, entropy path exact) and return the model id."""
+        if not self.frozen:
+            self.freeze()
+        state = {}
+        for k, v in self.state_dict().items():
+            half = v.is_floating_point() and k.startswith(("g_a.", "g_s.", "h_a."))
+            state[k] = v.detach().cpu().half() if half else v.detach().cpu()
+        meta = dict(metadata or {})
+        meta.update({"preset": asdict(self.preset), "variant": self.variant, "format": 1})
+        torch.save({"state_dict": state, "metadata": meta}, path)
+        return weights_id(meta.get("name", self.preset.name), state)
+
+
+class LatentMismatch(RuntimeError):
+    pass
+
+
+def latent_hash(z_fixed: Dict[str, torch.Tensor], y_fixed: Dict[str, torch.Tensor]) -> bytes:
+    h = hashlib.sha256()
+    for d in (z_fixed, y_fixed):
+        for m in MODALITIES:
+            h.update(d[m].detach().cpu().to(torch.int64).numpy().tobytes())
+    return h.digest()[:8]
+
+
+def state_hash(state: Dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_id(name: str, state: Dict[str, torch.Tensor]) -> str:
+    return f"{name}@{state_hash(state)[:12]}"
+
+
+def build_model(preset: str = "lite", variant: str = "joint") -> RGBDCompressionModel:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    return RGBDCompressionModel(PRESETS[preset], variant)
+
+
+def load_model(path, device: str = "cpu") -> Tuple[RGBDCompressionModel, dict]:
+    """Load exported weights; the coder tables and integer weights come from the file, not recomputed."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta, state = blob["metadata"], blob["state_dict"]
+    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset"].items()})
+    model = RGBDCompressionModel(preset, meta["variant"])
+    _resize_buffers_like(model, state)
+    model.load_state_dict({k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()})
+    model.frozen = True
+    meta["model_id"] = weights_id(meta.get("name", preset.name), state)
+    return model.to(device).eval(), meta
+
+
+def _resize_buffers_like(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Coder tables and exact weights change shape when frozen; match the file's shapes."""
+    for name, buf in list(model.named_buffers()):
+        if name in state and state[name].shape != buf.shape:
+            mod_name, _, attr = name.rpartition(".")
+            mod = model.get_submodule(mod_name) if mod_name else model
+            setattr(mod, attr, torch.zeros_like(state[name], dtype=state[name].dtype))

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Warm-up phase of the shipped model's training (phase 1 of 2, see the model card).
+
+Written before ``rgbd-codec train`` existed, to start the 2-core CPU run early. It
+uses the project's datasets and model; the loss is the MSE form of the paper's
+loss (rgb and depth both MSE on [0,1], invalid depth pixels left out), with one
+quality index drawn per step. Phase 2 continues from its weights with
+``rgbd-codec train --init-weights``.
+
+Usage: python scripts/train_warmup.py --out runs/warmup --hours 1.5
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from rgbd_codec_ros.codec.learned.depth import fill_holes  # noqa: E402
+from rgbd_codec_ros.codec.learned.model import build_model  # noqa: E402
+from rgbd_codec_ros.training import datasets as ds  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data/rgbd"))
+    ap.add_argument("--val-source", default="realsense_d435_taeyoung")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--preset", default="lite")
+    ap.add_argument("--variant", default="joint")
+    ap.add_argument("--hours", type=float, default=1.5)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+
+    sources = ds.discover([args.data])
+    train, _ = ds.split_sources(sources, [args.val_source])
+    pairs, probs = ds.pair_weights(train, {"realsense_f200_*": 0.25})
+    crops = ds.TrainCrops(pairs, probs, args.crop, args.batch, 10.0, seed=args.seed)
+
+    model = build_model(args.preset, args.variant)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    opt = torch.optim.Adam(model.main_parameters(), lr=args.lr)
+    aux_opt = torch.optim.Adam(model.aux_parameters(), lr=1e-3)
+    step = 0
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        aux_opt.load_state_dict(ck["aux_opt"])
+        step = ck["step"]
+        print(f"resumed at step {step}", flush=True)
+    lambdas = model.lambdas
+    deadline = time.time() + args.hours * 3600
+    log = open(os.path.join(args.out, "log.csv"), "a")
+    t0, last_save = time.time(), time.time()
+    while time.time() < deadline:
+        items = [crops[step * args.batch + j] for j in range(args.batch)]
+        rgb = torch.stack([it["rgb"] for it in items])
+        valid = torch.stack([it["valid"] for it in items])
+        depth = torch.stack([torch.from_numpy(fill_holes(it["depth"][0].numpy(), it["valid"][0].numpy() > 0))[None]
+                             for it in items])
+        q = int(np.random.default_rng(step).integers(model.num_qualities))
+        out = model(rgb, depth, q)
+        n = rgb.shape[0] * rgb.shape[2] * rgb.shape[3]
+        bpp = {m: sum(-torch.log2(l).sum() for l in out["likelihoods"][m].values()) / n for m in ("rgb", "depth")}
+        mse_r = torch.mean((out["x_hat"]["rgb"] - rgb) ** 2)
+        mse_d = torch.sum(valid * (out["x_hat"]["depth"] - depth) ** 2) / valid.sum().clamp_min(1)
+        lr_, ld_ = lambdas[q]
+        loss = bpp["rgb"] + bpp["depth"] + 255 ** 2 * (lr_ * mse_r + ld_ * mse_d)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.main_parameters(), 1.0)
+        opt.step()
+        aux = model.aux_loss()
+        aux_opt.zero_grad()
+        aux.backward()
+        aux_opt.step()
+        step += 1
+        if step % 10 == 0:
+            rate = step / max(time.time() - t0, 1e-6)
+            psnr = -10 * np.log10(max(mse_r.item(), 1e-10))
+            rmse_mm = np.sqrt(max(mse_d.item(), 0)) * 10000
+            print(f"step {step} q{q} loss {loss.item():.4f} bpp rgb {bpp['rgb'].item():.3f} depth {bpp['depth'].item():.3f} "
+                  f"psnr {psnr:.2f} rmse_mm {rmse_mm:.1f} aux {aux.item():.1f}", flush=True)
+            log.write(f"{step},{q},{loss.item()},{bpp['rgb'].item()},{bpp['depth'].item()},{psnr},{rmse_mm}\n")
+            log.flush()
+        if time.time() - last_save > 300:
+            tmp = ckpt_path + ".tmp"
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+                        "step": step}, tmp)
+            os.replace(tmp, ckpt_path)
+            last_save = time.time()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+                "step": step}, ckpt_path + ".tmp")
+    os.replace(ckpt_path + ".tmp", ckpt_path)
+    print(f"done at step {step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
