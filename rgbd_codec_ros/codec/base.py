@@ -111,6 +111,11 @@ class CodecBackend(abc.ABC):
 
 
 _REGISTRY: Dict[str, Callable[..., CodecBackend]] = {}
+#: built-in backends, imported only when asked for (the learned one pulls in torch, slow to import)
+_BUILTIN_MODULES = {
+    "classical": "rgbd_codec_ros.codec.classical",
+    "learned": "rgbd_codec_ros.codec.learned.backend",
+}
 
 
 def register_backend(name: str, factory: Callable[..., CodecBackend]) -> None:
@@ -118,25 +123,14 @@ def register_backend(name: str, factory: Callable[..., CodecBackend]) -> None:
 
 
 def available_backends() -> list:
-    _load_builtin_backends()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))
 
 
 def create_backend(name: str, **options: Any) -> CodecBackend:
     """Instantiate a backend by name, e.g. ``create_backend('classical', color_quality=90)``."""
-    _load_builtin_backends()
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        import importlib
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _REGISTRY:
-        raise CodecError(f"unknown codec {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise CodecError(f"unknown codec {name!r}; available: {', '.join(available_backends())}")
     return _REGISTRY[name](**options)
-
-
-def _load_builtin_backends() -> None:
-    # Imported lazily: the learned backend pulls in torch, which is slow to import.
-    import importlib
-
-    for mod in ("rgbd_codec_ros.codec.classical", "rgbd_codec_ros.codec.learned.backend"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a backend still being written
-            if exc.name is None or not exc.name.startswith("rgbd_codec_ros"):
-                raise
