@@ -250,14 +250,31 @@ class RGBDCompressionModel(nn.Module):
         """Write finished weights (transforms in fp16, entropy path exact) and return the model id."""
         if not self.frozen:
             self.freeze()
-        state = {}
-        for k, v in self.state_dict().items():
-            half = v.is_floating_point() and k.startswith(("g_a.", "g_s.", "h_a."))
-            state[k] = v.detach().cpu().half() if half else v.detach().cpu()
+        state = {k: _export_tensor(k, v.detach().cpu()) for k, v in self.state_dict().items()}
         meta = dict(metadata or {})
         meta.update({"preset": asdict(self.preset), "variant": self.variant, "format": 1})
         torch.save({"state_dict": state, "metadata": meta}, path)
         return weights_id(meta.get("name", self.preset.name), state)
+
+
+def _export_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
+    """Storage type of one tensor in exported weights.
+
+    Integer weights of the exact path fit int16; their biases and shifts, the
+    bottleneck medians and the gains stay exact. Every other float (transform
+    weights, and the float twins of exact layers, unused once frozen) is fp16.
+    """
+    if name.endswith(".w_int"):
+        return v.to(torch.int16)
+    if name.endswith((".b_int", ".shift", ".quantiles")) or ".log_gain." in name or ".log_inv_gain." in name:
+        return v
+    return v.half() if v.is_floating_point() else v
+
+
+def _import_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
+    if name.endswith(".w_int"):
+        return v.to(torch.float64)
+    return v.float() if v.dtype == torch.float16 else v
 
 
 class LatentMismatch(RuntimeError):
@@ -297,7 +314,7 @@ def load_model(path, device: str = "cpu") -> Tuple[RGBDCompressionModel, dict]:
     preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset"].items()})
     model = RGBDCompressionModel(preset, meta["variant"])
     _resize_buffers_like(model, state)
-    model.load_state_dict({k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()})
+    model.load_state_dict({k: _import_tensor(k, v) for k, v in state.items()})
     model.frozen = True
     meta["model_id"] = weights_id(meta.get("name", preset.name), state)
     return model.to(device).eval(), meta
@@ -309,4 +326,4 @@ def _resize_buffers_like(model: nn.Module, state: Dict[str, torch.Tensor]) -> No
         if name in state and state[name].shape != buf.shape:
             mod_name, _, attr = name.rpartition(".")
             mod = model.get_submodule(mod_name) if mod_name else model
-            setattr(mod, attr, torch.zeros_like(state[name], dtype=state[name].dtype))
+            setattr(mod, attr, torch.zeros(state[name].shape, dtype=buf.dtype))

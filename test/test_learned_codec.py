@@ -1,0 +1,245 @@
+"""The learned codec on real pairs: exact round trips, sizes, holes, rate, and refusing bad streams."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rgbd_codec_ros.codec import CodecError, RGBDFrame, create_backend
+from rgbd_codec_ros.codec.learned import bitstream as bs
+from rgbd_codec_ros.codec.learned.backend import LearnedBackend, padded_size
+from rgbd_codec_ros.codec.learned.depth import decode_mask, encode_mask, fill_holes
+from rgbd_codec_ros.codec.learned.model import build_model, load_model
+
+from learned_fixtures import load_pair, trained_tiny_weights, untrained_tiny_weights  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_paper_preset_has_the_papers_parameter_count():
+    model = build_model("paper")
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 149.5e6) / 149.5e6 < 0.01, n
+
+
+@pytest.mark.parametrize("variant", ["joint", "one-way", "separate"])
+def test_variants_train_forward_with_likelihoods(variant):
+    model = build_model("tiny", variant)
+    out = model(torch.rand(2, 3, 128, 128), torch.rand(2, 1, 128, 128), torch.tensor([0, 1]))
+    assert out["x_hat"]["rgb"].shape == (2, 3, 128, 128)
+    assert out["x_hat"]["depth"].shape == (2, 1, 128, 128)
+    for m in ("rgb", "depth"):
+        for lik in out["likelihoods"][m].values():
+            assert torch.all(lik > 0) and torch.all(lik <= 1)
+
+
+def test_separate_variant_has_no_cross_modal_dependency():
+    """Changing depth must not change the RGB reconstruction when the modalities are coded alone."""
+    torch.manual_seed(0)
+    model = build_model("tiny", "separate").eval()
+    model.freeze()
+    rgb = torch.rand(1, 3, 128, 128)
+    a = model.reconstruct(rgb, torch.rand(1, 1, 128, 128), 0)["x_hat"]["rgb"]
+    b = model.reconstruct(rgb, torch.rand(1, 1, 128, 128), 0)["x_hat"]["rgb"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("weights_fixture", ["untrained_tiny_weights", "trained_tiny_weights"])
+def test_decompress_equals_the_models_own_quantised_reconstruction(weights_fixture, request, data_dir):
+    model, _ = load_model(request.getfixturevalue(weights_fixture))
+    color, depth, scale = load_pair(data_dir, "osd_kinect_pcl_mosd", 5)
+    backend = LearnedBackend(model=model, quality=1, device="cpu")
+    enc = backend.encode(RGBDFrame(color, depth, scale))
+    # the same input through the exact path without the entropy coder
+    h, w = depth.shape
+    ph, pw = padded_size(h, w)
+    from rgbd_codec_ros.codec.learned.depth import depth_to_metres, normalise
+    metres, valid = depth_to_metres(depth, scale)
+    norm, _ = normalise(metres, valid, model.depth_range_m)
+    x = torch.nn.functional.pad(torch.from_numpy(color).permute(2, 0, 1)[None].float() / 255,
+                                (0, pw - w, 0, ph - h), mode="replicate")
+    d = torch.nn.functional.pad(torch.from_numpy(fill_holes(norm, valid))[None, None],
+                                (0, pw - w, 0, ph - h), mode="replicate")
+    rec = model.reconstruct(x, d, 1)
+    header, sections = bs.unpack(enc.payload)
+    x_r, x_d = model.decompress({k: sections[k] for k in ("z_rgb", "z_depth", "y_rgb", "y_depth")},
+                                (header.z_height, header.z_width), 1, header.latent_hash)
+    assert torch.equal(x_r, rec["x_hat"]["rgb"])
+    assert torch.equal(x_d, rec["x_hat"]["depth"])
+    # and the backend output is that reconstruction, with holes exactly where they were
+    out = backend.decode(enc.payload)
+    expected_rgb = (rec["x_hat"]["rgb"][0, :, :h, :w].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(out.color, expected_rgb)
+    assert np.array_equal(out.depth == 0, depth == 0)
+
+
+def test_actual_stream_size_matches_the_estimated_rate(trained_tiny_weights, data_dir):
+    model, _ = load_model(trained_tiny_weights)
+    backend = LearnedBackend(model=model, quality=3, device="cpu")
+    color, depth, scale = load_pair(data_dir, "7scenes_kinect1", 3)
+    enc = backend.encode(RGBDFrame(color, depth, scale))
+    _, sections = bs.unpack(enc.payload)
+    actual_bits = 8 * sum(len(sections[k]) for k in ("z_rgb", "z_depth", "y_rgb", "y_depth"))
+    estimated = sum(enc.info["estimated_bits"].values())
+    assert estimated > 8000, "the trained fixture should spend real bits"
+    assert abs(actual_bits - estimated) / estimated < 0.02, (actual_bits, estimated)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (131, 197), (480, 640), (720, 1280)])
+def test_sizes_round_trip_with_exact_holes(size, untrained_tiny_weights, data_dir):
+    h, w = size
+    color, depth, scale = load_pair(data_dir, "realsense_f200_apc", 2)
+    reps = (-(-h // color.shape[0]), -(-w // color.shape[1]))
+    color = np.tile(color, reps + (1,))[:h, :w].copy()
+    depth = np.tile(depth, reps)[:h, :w].copy()
+    backend = LearnedBackend(weights=untrained_tiny_weights, quality=0, device="cpu")
+    out = backend.decode(backend.encode(RGBDFrame(color, depth, scale)).payload)
+    assert out.color.shape == color.shape and out.color.dtype == np.uint8
+    assert out.depth.shape == depth.shape and out.depth.dtype == np.uint16
+    assert np.array_equal(out.depth == 0, depth == 0)
+
+
+def test_float_metres_mono_and_clipped_depth(untrained_tiny_weights, data_dir):
+    color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 0)
+    metres = depth.astype(np.float32) / scale
+    metres[depth == 0] = np.nan
+    metres[:4, :4] = 25.0           # beyond the model's 10 m range: clipped, flagged
+    mono = color.mean(axis=2).astype(np.uint8)
+    backend = LearnedBackend(weights=untrained_tiny_weights, device="cpu")
+    enc = backend.encode(RGBDFrame(mono, metres, 1.0))
+    assert enc.info["clipped_pixels"] >= 16
+    out = backend.decode(enc.payload)
+    assert out.color.shape == mono.shape and out.depth.dtype == np.float32
+    assert np.array_equal(np.isnan(out.depth), np.isnan(metres))
+    assert np.all(out.depth[:4, :4] == np.float32(10.0))
+
+
+def test_mask_coding_is_lossless_on_real_masks(data_dir):
+    for source in ("7scenes_kinect1", "realsense_f200_apc", "osd_kinect_pcl_mosd"):
+        _, depth, _ = load_pair(data_dir, source, 1)
+        holes = depth == 0
+        assert np.array_equal(decode_mask(encode_mask(holes), *holes.shape), holes)
+    assert len(encode_mask(np.zeros((480, 640), bool))) == 1
+
+
+def _write_pngs(tmp_path, color, depth):
+    import imagecodecs
+    c, d = tmp_path / "c.png", tmp_path / "d.png"
+    imagecodecs.imwrite(str(c), color)
+    imagecodecs.imwrite(str(d), depth)
+    return c, d
+
+
+def _cli(*args, threads=None):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.run([sys.executable, "-m", "rgbd_codec_ros.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_cross_process_cross_thread_decoding_is_bit_identical(trained_tiny_weights, data_dir, tmp_path):
+    """Encode with 2 threads in one process, decode with 1 thread in another: identical images."""
+    import imagecodecs
+    color, depth, scale = load_pair(data_dir, "7scenes_kinect1", 7)
+    c, d = _write_pngs(tmp_path, color, depth)
+    f = tmp_path / "pair.rgbd"
+    r = _cli("encode", "--color", str(c), "--depth", str(d), "--depth-scale", str(scale), "--out", str(f),
+             "--model", trained_tiny_weights, "--quality", "2", "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    r = _cli("decode", str(f), "--color-out", str(tmp_path / "c2.png"), "--depth-out", str(tmp_path / "d2.png"),
+             "--model", trained_tiny_weights, "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    torch.set_num_threads(2)
+    here = LearnedBackend(weights=trained_tiny_weights, device="cpu").decode(f.read_bytes())
+    assert np.array_equal(imagecodecs.imread(str(tmp_path / "c2.png")), here.color)
+    assert np.array_equal(imagecodecs.imread(str(tmp_path / "d2.png")), here.depth)
+    assert np.array_equal(here.depth == 0, depth == 0)
+
+
+def test_float_noise_in_the_transforms_does_not_change_the_decoded_latents(trained_tiny_weights, data_dir):
+    """Only the exact path feeds the coder: perturbing every float weight keeps decoding valid."""
+    color, depth, scale = load_pair(data_dir, "osd_kinect_pcl_mosd", 9)
+    enc = LearnedBackend(weights=trained_tiny_weights, device="cpu").encode(RGBDFrame(color, depth, scale))
+    model, meta = load_model(trained_tiny_weights)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-6)
+    out = LearnedBackend(model=model, model_id=meta["model_id"], device="cpu").decode(enc.payload)
+    assert np.array_equal(out.depth == 0, depth == 0)
+
+
+def test_diverging_probability_tables_are_an_error_not_an_image(trained_tiny_weights, data_dir):
+    color, depth, scale = load_pair(data_dir, "osd_kinect_pcl_mosd", 2)
+    enc = LearnedBackend(weights=trained_tiny_weights, device="cpu").encode(RGBDFrame(color, depth, scale))
+    model, meta = load_model(trained_tiny_weights)
+    layer = model.bicee.params[0][0][-1]      # last conv of the first parameter net
+    layer.b_int += 300.0                      # means/scales now differ from the encoder's
+    with pytest.raises(CodecError, match="do not match"):
+        LearnedBackend(model=model, model_id=meta["model_id"], device="cpu").decode(enc.payload)
+
+
+def test_other_weights_corruption_truncation_and_version_are_clear_errors(
+        trained_tiny_weights, untrained_tiny_weights, data_dir, tmp_path):
+    color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 4)
+    payload = LearnedBackend(weights=trained_tiny_weights, device="cpu").encode(
+        RGBDFrame(color, depth, scale)).payload
+    other = LearnedBackend(weights=untrained_tiny_weights, device="cpu")
+    with pytest.raises(CodecError, match="encoded with model"):
+        other.decode(payload)
+    own = LearnedBackend(weights=trained_tiny_weights, device="cpu")
+    rng = np.random.default_rng(0)
+    for cut in sorted(set(rng.integers(1, len(payload), 20).tolist())):
+        with pytest.raises(CodecError):
+            own.decode(payload[:cut])
+    for pos in rng.integers(0, len(payload), 40):
+        bad = bytearray(payload)
+        bad[pos] ^= 1 << int(rng.integers(8))
+        with pytest.raises(CodecError):
+            own.decode(bytes(bad))
+    newer = bytearray(payload)
+    newer[len(bs.MAGIC)] = bs.VERSION + 1
+    with pytest.raises(CodecError, match="version"):
+        own.decode(bytes(newer))
+    # the command line exits non-zero with a message
+    f = tmp_path / "cut.rgbd"
+    f.write_bytes(payload[: len(payload) // 2])
+    r = _cli("decode", str(f), "--color-out", str(tmp_path / "c.png"), "--depth-out", str(tmp_path / "d.png"),
+             "--model", trained_tiny_weights)
+    assert r.returncode != 0 and "corrupted or truncated" in r.stderr
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_cli_rejects_bad_arguments_with_a_message(tmp_path):
+    r = _cli("encode", "--color", str(tmp_path / "missing.png"), "--depth", str(tmp_path / "d.png"),
+             "--out", str(tmp_path / "x.rgbd"))
+    assert r.returncode != 0 and "no such file" in r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_encoder_cpu_decoder_and_back(trained_tiny_weights, data_dir):
+    color, depth, scale = load_pair(data_dir, "7scenes_kinect1", 11)
+    frame = RGBDFrame(color, depth, scale)
+    gpu = LearnedBackend(weights=trained_tiny_weights, device="cuda")
+    cpu = LearnedBackend(weights=trained_tiny_weights, device="cpu")
+    for enc_be, dec_be in ((gpu, cpu), (cpu, gpu)):
+        out = dec_be.decode(enc_be.encode(frame).payload)   # raises if the latents diverged
+        assert np.array_equal(out.depth == 0, depth == 0)
+
+
+def test_registered_as_a_backend(untrained_tiny_weights):
+    backend = create_backend("learned", weights=untrained_tiny_weights, device="cpu", quality=2)
+    assert backend.quality.startswith("q=2")
+    with pytest.raises(CodecError, match="quality"):
+        backend.configure(quality=99)
+    with pytest.raises(CodecError, match="unknown option"):
+        backend.configure(colour=1)
