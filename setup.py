@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 package_name = "rgbd_codec_ros"
@@ -11,6 +13,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/msg", ["msg/CompressedRGBD.msg"]),
+        ("share/" + package_name + "/launch", sorted(glob("launch/*.launch.py"))),
+        ("share/" + package_name + "/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
     ],
     install_requires=["numpy<2", "setuptools"],
     zip_safe=False,

@@ -7,6 +7,7 @@ path without the entropy coder), which ``decompress(compress(x))`` equals.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -83,6 +84,10 @@ class RGBDCompressionModel(nn.Module):
         self.log_gain = nn.ParameterDict({m: nn.Parameter(init.repeat(1, M).clone()) for m in MODALITIES})
         self.log_inv_gain = nn.ParameterDict({m: nn.Parameter(-init.repeat(1, M).clone()) for m in MODALITIES})
         self.frozen = False
+        #: decode pixels with one CPU thread: float convolutions on the CPU sum in an order
+        #: that depends on the thread count, so this is what makes decoded images
+        #: bit-identical whatever the caller's thread setting (latents are exact regardless)
+        self.deterministic_synthesis = True
 
     # ---------------------------------------------------------------- properties
     @property
@@ -158,7 +163,8 @@ class RGBDCompressionModel(nn.Module):
         dtype = next(self.g_s.parameters()).dtype
         y_r = (y_fixed["rgb"] / ONE).to(dtype) * self._gain("rgb", quality, True)
         y_d = (y_fixed["depth"] / ONE).to(dtype) * self._gain("depth", quality, True)
-        x_r, x_d = self.g_s(y_r, y_d)
+        with _synthesis_threads(y_r.device, self.deterministic_synthesis):
+            x_r, x_d = self.g_s(y_r, y_d)
         return x_r.clamp(0, 1), x_d.clamp(0, 1)
 
     @torch.no_grad()
@@ -255,6 +261,19 @@ class RGBDCompressionModel(nn.Module):
         meta.update({"preset": asdict(self.preset), "variant": self.variant, "format": 1})
         torch.save({"state_dict": state, "metadata": meta}, path)
         return weights_id(meta.get("name", self.preset.name), state)
+
+
+@contextlib.contextmanager
+def _synthesis_threads(device: torch.device, single: bool):
+    if not single or device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _export_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
