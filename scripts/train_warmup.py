@@ -11,6 +11,7 @@ Usage: python scripts/train_warmup.py --out runs/warmup --hours 1.5
 """
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -58,11 +59,18 @@ def main():
         aux_opt.load_state_dict(ck["aux_opt"])
         step = ck["step"]
         print(f"resumed at step {step}", flush=True)
+    def save(path):
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
+                    "step": step}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))   # finish the step, save, exit
     lambdas = model.lambdas
     deadline = time.time() + args.hours * 3600
     log = open(os.path.join(args.out, "log.csv"), "a")
     t0, last_save = time.time(), time.time()
-    while time.time() < deadline:
+    while time.time() < deadline and not stop:
         items = [crops[step * args.batch + j] for j in range(args.batch)]
         rgb = torch.stack([it["rgb"] for it in items])
         valid = torch.stack([it["valid"] for it in items])
@@ -94,14 +102,11 @@ def main():
             log.write(f"{step},{q},{loss.item()},{bpp['rgb'].item()},{bpp['depth'].item()},{psnr},{rmse_mm}\n")
             log.flush()
         if time.time() - last_save > 300:
-            tmp = ckpt_path + ".tmp"
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-                        "step": step}, tmp)
-            os.replace(tmp, ckpt_path)
+            save(ckpt_path)
             last_save = time.time()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
-                "step": step}, ckpt_path + ".tmp")
-    os.replace(ckpt_path + ".tmp", ckpt_path)
+        if step % 500 == 0:   # milestones, to compare runs at equal steps
+            torch.save({"model": model.state_dict(), "step": step}, os.path.join(args.out, f"model_step{step}.pt"))
+    save(ckpt_path)
     print(f"done at step {step}", flush=True)
 
 
