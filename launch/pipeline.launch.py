@@ -1,0 +1,63 @@
+"""Encoder and decoder together (a loop-back check of the codec on live data),
+optionally fed by player_node instead of a camera.
+
+    # your camera driver publishes color/image_raw and depth/image_raw:
+    ros2 launch rgbd_codec_ros pipeline.launch.py
+    # no camera: the procedural synthetic room, or a folder with color/ and depth/:
+    ros2 launch rgbd_codec_ros pipeline.launch.py use_player:=true
+    ros2 launch rgbd_codec_ros pipeline.launch.py use_player:=true player_source:=/data/seq1
+
+In a real deployment run encoder.launch.py on the robot and decoder.launch.py
+where the images are needed; this file starts both in one namespace.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description():
+    share = get_package_share_directory("rgbd_codec_ros")
+    arg = LaunchConfiguration
+
+    def include(name, **arguments):
+        return IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(share, "launch", name)),
+            launch_arguments=arguments.items())
+
+    return LaunchDescription([
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of all nodes"),
+        DeclareLaunchArgument("encoder_params", default_value=os.path.join(share, "config", "encoder.yaml")),
+        DeclareLaunchArgument("decoder_params", default_value=os.path.join(share, "config", "decoder.yaml")),
+        DeclareLaunchArgument("use_player", default_value="false",
+                              description="start player_node as the image source"),
+        DeclareLaunchArgument("player_source", default_value="synthetic",
+                              description="'synthetic' or a folder with color/ and depth/ images"),
+        DeclareLaunchArgument("player_rate", default_value="10.0", description="player frames per second"),
+        DeclareLaunchArgument("color_image", default_value="color/image_raw", description="colour image topic"),
+        DeclareLaunchArgument("depth_image", default_value="depth/image_raw",
+                              description="depth image topic, registered to colour"),
+        DeclareLaunchArgument("color_info", default_value="color/camera_info"),
+        DeclareLaunchArgument("depth_info", default_value="depth/camera_info"),
+        Node(
+            package="rgbd_codec_ros",
+            executable="player_node",
+            name="rgbd_player",
+            namespace=arg("namespace"),
+            parameters=[{"source": ParameterValue(arg("player_source"), value_type=str),
+                         "rate": ParameterValue(arg("player_rate"), value_type=float)}],
+            condition=IfCondition(arg("use_player")),
+            output="screen",
+            emulate_tty=True,
+        ),
+        include("encoder.launch.py", namespace=arg("namespace"), params_file=arg("encoder_params"),
+                color_image=arg("color_image"), depth_image=arg("depth_image"),
+                color_info=arg("color_info"), depth_info=arg("depth_info")),
+        include("decoder.launch.py", namespace=arg("namespace"), params_file=arg("decoder_params")),
+    ])
