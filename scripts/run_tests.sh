@@ -27,6 +27,10 @@ PY
 echo "[run_tests] DDS: ROS_DOMAIN_ID=$ROS_DOMAIN_ID ROS_AUTOMATIC_DISCOVERY_RANGE=$ROS_AUTOMATIC_DISCOVERY_RANGE" \
      "FASTDDS_DEFAULT_PROFILES_FILE=${FASTDDS_DEFAULT_PROFILES_FILE:-(none)}"
 
+# Several torch processes (test runner, nodes, CLI) share 2 cores: OpenMP threads
+# that spin while waiting made training steps ~50x slower under such load here.
+export OMP_WAIT_POLICY=PASSIVE
+
 # A hung test must not hold CI for its whole time slot: SIGINT after 50 min
 # lets pytest print what ran and what hung.
 # No arguments: the whole suite. Arguments go to pytest as they are (paths,
