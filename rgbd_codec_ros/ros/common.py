@@ -1,0 +1,226 @@
+"""Helpers shared by the nodes: parameters, QoS, headers, diagnostics, the main loop."""
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+QOS_CHOICES = ("sensor_data", "reliable", "best_effort")
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def describe(description: str, *, read_only: bool = False, int_range: Optional[Sequence[int]] = None,
+             float_range: Optional[Sequence[float]] = None, choices: Optional[Iterable[str]] = None,
+             constraints: str = "") -> ParameterDescriptor:
+    """A ParameterDescriptor; ranges are enforced by rclpy, choices by the node (listed in the text)."""
+    text = constraints
+    if choices is not None:
+        text = (text + "; " if text else "") + "one of: " + ", ".join(choices)
+    desc = ParameterDescriptor(description=description, read_only=read_only, additional_constraints=text)
+    if int_range is not None:
+        desc.integer_range = [IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]), step=1)]
+    if float_range is not None:
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=float(float_range[0]), to_value=float(float_range[1]), step=0.0)]
+    return desc
+
+
+def declare(node: Node, specs: Dict[str, tuple]) -> Dict[str, Any]:
+    """Declare ``{name: (default, ParameterDescriptor)}``; return the values now in force."""
+    for name, (default, desc) in specs.items():
+        node.declare_parameter(name, default, desc)
+    warn_unknown_overrides(node, specs)
+    return {name: node.get_parameter(name).value for name in specs}
+
+
+def warn_unknown_overrides(node: Node, known: Iterable[str]) -> None:
+    """A parameter given on the command line or in a YAML file that the node does not have is
+    most likely a typo: say so instead of ignoring it silently."""
+    overrides = getattr(node, "_parameter_overrides", None) or {}
+    known = set(known) | {"use_sim_time", "start_type_description_service"}
+    for name in sorted(overrides):
+        if name not in known and not name.startswith("qos_overrides."):
+            node.get_logger().warning(
+                f"parameter '{name}' was given but {node.get_name()} has no such parameter "
+                f"(known: {', '.join(sorted(known))})")
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> Optional[str]:
+    """None if ``value`` is allowed, else the reason."""
+    if value not in choices:
+        return f"{name} must be one of {', '.join(choices)}; got {value!r}"
+    return None
+
+
+def result(reason: Optional[str]) -> SetParametersResult:
+    return SetParametersResult(successful=reason is None, reason=reason or "")
+
+
+# ------------------------------------------------------------------ logging
+
+
+class RefusalLog:
+    """Logs every refused input with its reason, up to ``burst`` lines per ``period`` seconds.
+
+    A flood of bad messages then costs a few lines a second instead of one each,
+    and the next line says how many went unlogged.
+    """
+
+    def __init__(self, logger, burst: int = 20, period: float = 5.0):
+        import time
+
+        self._logger, self._burst, self._period, self._time = logger, burst, period, time.monotonic
+        self._window_start = self._time()
+        self._count = 0
+        self._suppressed = 0
+
+    def __call__(self, reason: str) -> None:
+        now = self._time()
+        if now - self._window_start > self._period:
+            self._window_start, self._count = now, 0
+        if self._count >= self._burst:
+            self._suppressed += 1
+            return
+        self._count += 1
+        if self._suppressed:
+            reason += f" ({self._suppressed} earlier refusals not logged)"
+            self._suppressed = 0
+        self._logger.warning(reason)
+
+
+# ------------------------------------------------------------------ QoS
+
+
+def qos_profile(kind: str, depth: int) -> QoSProfile:
+    """``sensor_data`` (best effort, volatile), ``reliable`` or ``best_effort``, keep-last ``depth``."""
+    if kind == "sensor_data":
+        profile = QoSProfile(depth=depth)
+        profile.reliability = qos_profile_sensor_data.reliability
+        profile.durability = qos_profile_sensor_data.durability
+        profile.history = HistoryPolicy.KEEP_LAST
+        return profile
+    return QoSProfile(
+        depth=depth, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
+        reliability=ReliabilityPolicy.RELIABLE if kind == "reliable" else ReliabilityPolicy.BEST_EFFORT)
+
+
+# ------------------------------------------------------------------ messages
+
+
+def stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def camera_info_key(info: Any) -> tuple:
+    """Everything that identifies a calibration (the stamp is left out: it changes every frame)."""
+    roi = info.roi
+    return (info.header.frame_id, info.height, info.width, info.distortion_model, tuple(info.d),
+            tuple(info.k), tuple(info.r), tuple(info.p), info.binning_x, info.binning_y,
+            (roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify))
+
+
+# ------------------------------------------------------------------ diagnostics
+
+
+def key_values(values: Dict[str, Any]):
+    from diagnostic_msgs.msg import KeyValue
+
+    out = []
+    for key, value in values.items():
+        if isinstance(value, float):
+            value = f"{value:.3f}"
+        out.append(KeyValue(key=key, value=str(value)))
+    return out
+
+
+def diagnostic_array(node: Node, level: int, message: str, values: Dict[str, Any], component: str):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    status = DiagnosticStatus(level=level, name=f"{node.get_fully_qualified_name()}: {component}",
+                              message=message, hardware_id=node.get_fully_qualified_name())
+    status.values = key_values(values)
+    arr = DiagnosticArray()
+    arr.header.stamp = node.get_clock().now().to_msg()
+    arr.status = [status]
+    return arr
+
+
+# ------------------------------------------------------------------ main loop
+
+
+def run_node(factory: Callable[[], Node], args: Optional[Sequence[str]] = None) -> int:
+    """Create a node and spin it until Ctrl-C / SIGTERM / shutdown; clean up; return an exit code.
+
+    A node that cannot start (a bad parameter, say) prints why and returns 2. An
+    exception escaping a callback is logged and the node keeps running: one bad
+    message must not take the node down.
+    """
+    argv = list(sys.argv if args is None else args)
+    rclpy.init(args=argv)
+    node = None
+    code = 0
+    try:
+        node = factory()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except Exception as exc:  # noqa: BLE001
+        if _is_parameter_error(exc):
+            print(f"error: {exc}", file=sys.stderr)
+        elif rclpy.ok():
+            traceback.print_exc()
+        code = 2 if rclpy.ok() else 0
+    if node is not None:
+        code = _spin(node)
+        finish = getattr(node, "finish", None)
+        if finish is not None:
+            finish()
+        node.destroy_node()
+    rclpy.try_shutdown()
+    return code
+
+
+def _spin(node: Node) -> int:
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    failures = 0
+    try:
+        while rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.5)
+            except (KeyboardInterrupt, ExternalShutdownException):
+                break
+            except SystemExit as exc:  # a node that finished its work (the player) ends the loop so
+                return exc.code if isinstance(exc.code, int) else 0
+            except Exception as exc:  # noqa: BLE001
+                if not rclpy.ok():  # shutting down: callbacks racing the signal handler
+                    break
+                failures += 1
+                node.get_logger().error(
+                    f"a callback failed ({failures} so far), continuing: {type(exc).__name__}: {exc}",
+                    throttle_duration_sec=2.0)
+    finally:
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=1.0)
+    return 0
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says what to fix."""
+
+
+def _is_parameter_error(exc: Exception) -> bool:
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    return isinstance(exc, (InvalidParameterValueException, InvalidParameterTypeException))
