@@ -7,4 +7,13 @@ Sub-packages:
 - ``ros``: the rclpy nodes (thin: conversion, sync, parameters, QoS, diagnostics).
 - ``cli``: the ``rgbd-codec`` command line.
 """
+import pkgutil as _pkgutil
+
 __version__ = "0.1.0"
+
+# The generated message module (rgbd_codec_ros/msg) is installed by CMake next to
+# the installed copy of this package. When the package is imported from a source
+# checkout (tests, `python -m` in the repository), that installed folder is a
+# second portion of the same package: add it to the search path so that
+# `rgbd_codec_ros.msg` is found. A no-op when everything comes from one folder.
+__path__ = _pkgutil.extend_path(__path__, __name__)

@@ -29,10 +29,6 @@ from rgbd_codec_ros.codec.base import CodecError
 def message_class(msgtype: str):
     """The rclpy message class for ``pkg/msg/Type`` (CodecError if its type support is missing)."""
     pkg, _, name = msgdefs.ros_msgtype(msgtype).split("/")
-    if pkg == msgdefs.PACKAGE:
-        # finds the generated rgbd_codec_ros.msg next to an installed copy of the package
-        # when the package itself runs from a source checkout
-        importlib.import_module("rgbd_codec_ros.ros")
     try:
         module = importlib.import_module(f"{pkg}.msg")
         return getattr(module, name)
