@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
 from rgbd_codec_ros import convert
-from rgbd_codec_ros.codec.base import CodecError
+from rgbd_codec_ros.codec.base import CodecError, create_backend
 from rgbd_codec_ros.ros import common
 from rgbd_codec_ros.ros.stats import StreamStats
 
@@ -39,6 +39,8 @@ def parameter_specs() -> Dict[str, tuple]:
                                      choices=common.QOS_CHOICES)),
         "output_depth": (5, d("History depth of the decoded topics", read_only=True, int_range=(1, 1000))),
         "lazy": (True, d("Decode only while a decoded topic has a subscriber", read_only=True)),
+        "model_path": ("", d("Learned-codec weights this decoder may need besides the installed ones: "
+                             "files or folders separated by ':'", read_only=True)),
         "diagnostics_period": (1.0, d("Seconds between /diagnostics messages; 0 = none", read_only=True,
                                       float_range=(0.0, 3600.0))),
         "log_period": (10.0, d("Seconds between statistics log lines; 0 = none", read_only=True,
@@ -68,6 +70,8 @@ class DecoderNode(Node):
                 raise common.StartupError(reason)
         self._params = p
         self._backends: Dict[str, Any] = {}  # codec name -> backend, made on first use
+        # options of backends that need more than their defaults to decode
+        self._backend_options = {"learned": {"model_path": p["model_path"]}} if p["model_path"] else {}
         self._color_info: Optional[CameraInfo] = None
         self._depth_info: Optional[CameraInfo] = None
         self.stats = StreamStats()
@@ -114,6 +118,8 @@ class DecoderNode(Node):
             return
         start = time.perf_counter()
         try:
+            if msg.codec in self._backend_options and msg.codec not in self._backends:
+                self._backends[msg.codec] = create_backend(msg.codec, **self._backend_options[msg.codec])
             color, depth = decode_to_images(msg, self._backends)
         except CodecError as exc:
             self._refuse(f"dropped a {msg.codec!r} message stamped {msg.header.stamp.sec}."

@@ -36,27 +36,39 @@ def resolve_device(device: str) -> str:
 
 
 class LearnedBackend(CodecBackend):
-    """Options: weights (path; default: the shipped lite model), quality (index),
-    device (cpu|cuda|auto), threads (CPU threads, 0 = leave as is)."""
+    """Options: weights (the encoder's weights file; default: the shipped lite model),
+    quality (index), device (cpu|cuda|auto), threads (CPU threads, 0 = leave as is),
+    model_path (more weights the decoder may be asked for: files or folders, ':'-separated).
+
+    A decoder finds the weights a payload names by their id among: the encoder's
+    weights, the package's models/ folder, ``model_path`` and ``$RGBD_CODEC_MODEL_PATH``.
+    """
 
     name = "learned"
 
     def __init__(self, weights: Optional[str] = None, quality: int = 1, device: str = "auto",
                  threads: int = 0, model: Optional[RGBDCompressionModel] = None,
-                 model_id: Optional[str] = None):
+                 model_id: Optional[str] = None, model_path: str = ""):
         self._device = resolve_device(device)
         if threads:
             torch.set_num_threads(int(threads))
+        self._search = [p for p in str(model_path).split(os.pathsep) if p]
+        self._search += [p for p in os.environ.get("RGBD_CODEC_MODEL_PATH", "").split(os.pathsep) if p]
+        self._search.append(MODELS_DIR)
+        self._model: Optional[RGBDCompressionModel] = None
+        self._model_id = ""
         if model is not None:   # an in-memory frozen model (tests, evaluation during training)
             self._model, self._model_id = model.to(self._device).eval(), model_id or model.preset.name
-        else:
-            self._model, self._model_id = self._load(weights)
-        self._decoders: Dict[str, RGBDCompressionModel] = {self._model_id: self._model}
+        elif weights is not None or os.path.isfile(os.path.join(MODELS_DIR, DEFAULT_WEIGHTS)):
+            self._model, self._model_id = self._load(weights or os.path.join(MODELS_DIR, DEFAULT_WEIGHTS))
+        # without weights of its own the backend can still decode payloads whose weights it finds
+        self._decoders: Dict[str, RGBDCompressionModel] = {}
+        if self._model is not None:
+            self._decoders[self._model_id] = self._model
         self._quality = 0
         self.configure(quality=quality)
 
-    def _load(self, weights: Optional[str]):
-        path = weights or os.path.join(MODELS_DIR, DEFAULT_WEIGHTS)
+    def _load(self, path: str):
         if not os.path.isfile(path):
             raise CodecError(f"learned-codec weights {path} not found; pass weights=PATH "
                              "(train some with 'rgbd-codec train')")
@@ -66,6 +78,12 @@ class LearnedBackend(CodecBackend):
             raise CodecError(f"cannot load learned-codec weights {path}: {exc}") from None
         return model, meta["model_id"]
 
+    def _encoder_model(self) -> RGBDCompressionModel:
+        if self._model is None:
+            raise CodecError(f"no learned-codec weights to encode with: {os.path.join(MODELS_DIR, DEFAULT_WEIGHTS)} "
+                             "is not installed; pass weights=PATH")
+        return self._model
+
     # ---------------------------------------------------------------- interface
     @property
     def model_id(self) -> str:
@@ -73,26 +91,31 @@ class LearnedBackend(CodecBackend):
 
     @property
     def quality(self) -> str:
+        if self._model is None:
+            return f"q={self._quality}"
         return f"q={self._quality} ({self._model.preset.qualities[self._quality]})"
 
     @property
-    def model(self) -> RGBDCompressionModel:
+    def model(self) -> Optional[RGBDCompressionModel]:
         return self._model
 
     def configure(self, **options: Any) -> None:
         for key, value in options.items():
             if key == "quality":
-                q = int(value)
-                if not 0 <= q < self._model.num_qualities:
-                    raise CodecError(f"quality must be 0..{self._model.num_qualities - 1} for model "
-                                     f"{self._model_id}, got {value}")
+                try:
+                    q = int(value)
+                except (TypeError, ValueError):
+                    raise CodecError(f"quality must be an integer index, got {value!r}") from None
+                levels = self._model.num_qualities if self._model is not None else 256
+                if not 0 <= q < levels:
+                    raise CodecError(f"quality must be 0..{levels - 1} for model {self._model_id}, got {value}")
                 self._quality = q
             else:
                 raise CodecError(f"unknown option {key!r} for the learned codec (known: quality)")
 
     def encode(self, frame: RGBDFrame) -> EncodedRGBD:
         frame.validate()
-        model, dev = self._model, self._device
+        model, dev = self._encoder_model(), self._device
         h, w = frame.height, frame.width
         ph, pw = padded_size(h, w)
         color = frame.color
@@ -161,19 +184,27 @@ class LearnedBackend(CodecBackend):
         scale = 1.0 if dtype == np.float32 else header.depth_scale_per_m
         return RGBDFrame(color=color, depth=depth, depth_scale_per_m=scale)
 
+    def _weights_files(self):
+        for entry in self._search:
+            if os.path.isdir(entry):
+                yield from sorted(glob.glob(os.path.join(entry, "*.pt")))
+            elif os.path.isfile(entry):
+                yield entry
+
     def _model_for(self, model_id: str) -> RGBDCompressionModel:
         if model_id in self._decoders:
             return self._decoders[model_id]
-        for path in sorted(glob.glob(os.path.join(MODELS_DIR, "*.pt"))):
+        for path in self._weights_files():
             try:
                 model, meta = load_model(path, self._device)
-            except Exception:   # an unreadable file in the models folder is not this payload's model
+            except Exception:   # an unreadable file on the search path is not this payload's model
                 continue
-            self._decoders[meta["model_id"]] = model
+            self._decoders.setdefault(meta["model_id"], model)
             if meta["model_id"] == model_id:
                 return model
-        raise CodecError(f"payload was encoded with model {model_id}, but this decoder has "
-                         f"{', '.join(sorted(self._decoders))}; give the decoder those weights")
+        known = ", ".join(sorted(self._decoders)) or "none"
+        raise CodecError(f"payload was encoded with model {model_id}, but this decoder has {known}; "
+                         "give the decoder those weights (model_path or $RGBD_CODEC_MODEL_PATH)")
 
 
 register_backend("learned", LearnedBackend)
