@@ -58,7 +58,9 @@ def main():
         opt.load_state_dict(ck["opt"])
         aux_opt.load_state_dict(ck["aux_opt"])
         step = ck["step"]
-        print(f"resumed at step {step}", flush=True)
+        for group in opt.param_groups:   # --lr applies on resume too (the final low-lr phase)
+            group["lr"] = args.lr
+        print(f"resumed at step {step}, lr {args.lr}", flush=True)
     def save(path):
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(),
                     "step": step}, path + ".tmp")
