@@ -96,7 +96,21 @@ def _join(f, t):
     return f if t is None else torch.cat([f, t], 1)
 
 
-class JointAnalysis(nn.Module):
+class _TwoBranches(nn.Module):
+    """Two branches of four stages with a Bi-CPT after each of the first three.
+
+    Subclasses build ``self.rgb``, ``self.depth`` (four stages each) and ``self.cpt``.
+    """
+
+    def forward(self, x_r, x_d):
+        for i in range(3):
+            x_r, x_d = self.rgb[i](x_r), self.depth[i](x_d)
+            t_r, t_d = self.cpt[i](x_r, x_d)
+            x_r, x_d = _join(x_r, t_r), _join(x_d, t_d)
+        return self.rgb[3](x_r), self.depth[3](x_d)
+
+
+class JointAnalysis(_TwoBranches):
     """g_a of both branches with Bi-CPT at 1/2, 1/4 and 1/8 scale."""
 
     def __init__(self, N: int, M: int, variant: str = "joint", res_blocks: int = 3):
@@ -120,16 +134,8 @@ class JointAnalysis(nn.Module):
         self.rgb = stages(3, w_r)
         self.depth = stages(1, w_d)
 
-    def forward(self, rgb, depth):
-        x_r, x_d = rgb, depth
-        for i in range(3):
-            x_r, x_d = self.rgb[i](x_r), self.depth[i](x_d)
-            t_r, t_d = self.cpt[i](x_r, x_d)
-            x_r, x_d = _join(x_r, t_r), _join(x_d, t_d)
-        return self.rgb[3](x_r), self.depth[3](x_d)
 
-
-class JointSynthesis(nn.Module):
+class JointSynthesis(_TwoBranches):
     """g_s of both branches with Bi-CPT at 1/8, 1/4 and 1/2 scale."""
 
     def __init__(self, N: int, M: int, variant: str = "joint", res_blocks: int = 2):
@@ -152,14 +158,6 @@ class JointSynthesis(nn.Module):
 
         self.rgb = stages(3, w_r)
         self.depth = stages(1, w_d)
-
-    def forward(self, y_rgb, y_depth):
-        x_r, x_d = y_rgb, y_depth
-        for i in range(3):
-            x_r, x_d = self.rgb[i](x_r), self.depth[i](x_d)
-            t_r, t_d = self.cpt[i](x_r, x_d)
-            x_r, x_d = _join(x_r, t_r), _join(x_d, t_d)
-        return self.rgb[3](x_r), self.depth[3](x_d)
 
 
 class HyperAnalysis(nn.Module):
