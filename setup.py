@@ -9,7 +9,7 @@ setup(
     version="0.1.0",
     packages=find_packages(include=[package_name, package_name + ".*"]),
     include_package_data=True,
-    package_data={package_name: ["models/*.pt", "models/*.json", "models/*.md", "data/*"]},
+    package_data={package_name: ["models/*.pt", "models/*.json", "models/*.md", "bag/*.msg"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

@@ -26,9 +26,9 @@ def codec_options(args) -> dict:
     if getattr(args, "model", None) is not None:
         if args.codec != "learned":
             raise CodecError("--model applies to the learned codec only")
-        from rgbd_codec_ros.cli.codec_cmds import _weights_path
+        from rgbd_codec_ros.codec.learned.backend import resolve_weights
 
-        options["weights"] = _weights_path(args.model)
+        options["weights"] = resolve_weights(args.model)
     if getattr(args, "device", None) is not None and args.codec == "learned":
         options["device"] = args.device
     return options
@@ -268,9 +268,9 @@ def _cmd_decompress(args) -> int:
 def _learned_decode_options(args) -> dict:
     options = {}
     if args.model is not None:
-        from rgbd_codec_ros.cli.codec_cmds import _weights_path
+        from rgbd_codec_ros.codec.learned.backend import resolve_weights
 
-        options["weights"] = _weights_path(args.model)
+        options["weights"] = resolve_weights(args.model)
     if args.device is not None:
         options["device"] = args.device
     return options

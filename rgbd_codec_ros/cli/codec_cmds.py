@@ -44,14 +44,10 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run_info)
 
 
-def _weights_path(model):
-    if model is None or os.path.isfile(model):
-        return model
-    from rgbd_codec_ros.codec.learned.backend import MODELS_DIR
-    candidate = os.path.join(MODELS_DIR, model if model.endswith(".pt") else model + ".pt")
-    if os.path.isfile(candidate):
-        return candidate
-    raise CodecError(f"--model {model}: no such file, and no {os.path.basename(candidate)} in {MODELS_DIR}")
+def _weights(model):
+    # imported here: the learned backend pulls in torch, which the classical path does not need
+    from rgbd_codec_ros.codec.learned.backend import resolve_weights
+    return resolve_weights(model)
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -74,7 +70,7 @@ def run_encode(args) -> int:
     if depth.dtype != np.uint16 or depth.ndim != 2:
         raise CodecError(f"{args.depth}: depth must be a single-channel 16-bit PNG, got {depth.dtype} {depth.shape}")
     if args.codec == "learned":
-        options = {"weights": _weights_path(args.model), "device": args.device, "threads": args.threads}
+        options = {"weights": _weights(args.model), "device": args.device, "threads": args.threads}
         if args.quality is not None:
             options["quality"] = args.quality
     else:
@@ -107,7 +103,7 @@ def run_decode(args) -> int:
     import imagecodecs
     payload = _read_payload(args.file)
     if payload.startswith(LEARNED_MAGIC):
-        backend = create_backend("learned", weights=_weights_path(args.model), device=args.device,
+        backend = create_backend("learned", weights=_weights(args.model), device=args.device,
                                  threads=args.threads)
     else:
         backend = create_backend("classical")

@@ -19,6 +19,16 @@ DEFAULT_WEIGHTS = "lite.pt"
 MIN_SIZE = 128   # Bi-CPT needs ~15 px at 1/8 scale
 
 
+def resolve_weights(name_or_path: Optional[str]) -> Optional[str]:
+    """A weights file path, or the name of one in the package's models/ folder ('lite')."""
+    if name_or_path is None or os.path.isfile(name_or_path):
+        return name_or_path
+    candidate = os.path.join(MODELS_DIR, name_or_path if name_or_path.endswith(".pt") else name_or_path + ".pt")
+    if os.path.isfile(candidate):
+        return candidate
+    raise CodecError(f"model {name_or_path}: no such file, and no {os.path.basename(candidate)} in {MODELS_DIR}")
+
+
 def padded_size(height: int, width: int) -> Tuple[int, int]:
     def up(v):
         return max(MIN_SIZE, -(-v // PAD_MULTIPLE) * PAD_MULTIPLE)
