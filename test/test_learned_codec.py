@@ -243,3 +243,7 @@ def test_registered_as_a_backend(untrained_tiny_weights):
         backend.configure(quality=99)
     with pytest.raises(CodecError, match="unknown option"):
         backend.configure(colour=1)
+    with pytest.raises(CodecError, match="pixel_exact"):
+        backend.configure(pixel_exact="maybe")
+    backend.configure(pixel_exact=False)
+    assert backend.model.deterministic_synthesis is False

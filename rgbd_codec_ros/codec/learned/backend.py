@@ -48,7 +48,10 @@ def resolve_device(device: str) -> str:
 class LearnedBackend(CodecBackend):
     """Options: weights (the encoder's weights file; default: the shipped lite model),
     quality (index), device (cpu|cuda|auto), threads (CPU threads, 0 = leave as is),
-    model_path (more weights the decoder may be asked for: files or folders, ':'-separated).
+    model_path (more weights the decoder may be asked for: files or folders, ':'-separated),
+    pixel_exact (default true: decoded pixels bit-identical whatever the thread setting, by
+    synthesising on one CPU thread; false: faster multi-threaded synthesis whose pixels may
+    differ in the last bit between machines; the decoded latents are exact either way).
 
     A decoder finds the weights a payload names by their id among: the encoder's
     weights, the package's models/ folder, ``model_path`` and ``$RGBD_CODEC_MODEL_PATH``.
@@ -58,7 +61,7 @@ class LearnedBackend(CodecBackend):
 
     def __init__(self, weights: Optional[str] = None, quality: int = 1, device: str = "auto",
                  threads: int = 0, model: Optional[RGBDCompressionModel] = None,
-                 model_id: Optional[str] = None, model_path: str = ""):
+                 model_id: Optional[str] = None, model_path: str = "", pixel_exact: bool = True):
         self._device = resolve_device(device)
         if threads:
             torch.set_num_threads(int(threads))
@@ -76,7 +79,8 @@ class LearnedBackend(CodecBackend):
         if self._model is not None:
             self._decoders[self._model_id] = self._model
         self._quality = 0
-        self.configure(quality=quality)
+        self._pixel_exact = True
+        self.configure(quality=quality, pixel_exact=pixel_exact)
 
     def _load(self, path: str):
         if not os.path.isfile(path):
@@ -120,8 +124,14 @@ class LearnedBackend(CodecBackend):
                 if not 0 <= q < levels:
                     raise CodecError(f"quality must be 0..{levels - 1} for model {self._model_id}, got {value}")
                 self._quality = q
+            elif key == "pixel_exact":
+                if not isinstance(value, bool):
+                    raise CodecError(f"pixel_exact must be true or false, got {value!r}")
+                self._pixel_exact = value
+                for model in self._decoders.values():
+                    model.deterministic_synthesis = value
             else:
-                raise CodecError(f"unknown option {key!r} for the learned codec (known: quality)")
+                raise CodecError(f"unknown option {key!r} for the learned codec (known: quality, pixel_exact)")
 
     def encode(self, frame: RGBDFrame) -> EncodedRGBD:
         frame.validate()
@@ -209,6 +219,7 @@ class LearnedBackend(CodecBackend):
                 model, meta = load_model(path, self._device)
             except Exception:   # an unreadable file on the search path is not this payload's model
                 continue
+            model.deterministic_synthesis = self._pixel_exact
             self._decoders.setdefault(meta["model_id"], model)
             if meta["model_id"] == model_id:
                 return model
