@@ -52,6 +52,23 @@ class FactorizedLatent(nn.Module):
     def forward(self, z):
         return self.bottleneck(z)
 
+    def fit_quantiles(self, steps: int = 500, lr: float = 0.05) -> float:
+        """Fit the bottleneck's quantiles to its density before building the coder tables.
+
+        The auxiliary loss depends on the quantiles and the (fixed) density only, not on
+        data, so this converges in a few hundred steps here; during training the
+        quantiles move by about lr per step and lag far behind on short runs.
+        """
+        eb = self.bottleneck
+        opt = torch.optim.Adam([eb.quantiles], lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = eb.loss()
+                loss.backward()
+                opt.step()
+        return float(loss)
+
     def offsets_fixed(self) -> torch.Tensor:
         """Channel medians on the 2**-FRAC_BITS grid, as integers [1,C,1,1]."""
         med = self.bottleneck.quantiles[:, 0, 1].detach().double()

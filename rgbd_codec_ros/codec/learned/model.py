@@ -141,6 +141,7 @@ class RGBDCompressionModel(nn.Module):
         """Fix the integer entropy path and the coder tables from the current weights."""
         freeze_exact(self)
         for m in MODALITIES:
+            self.z[m].fit_quantiles()
             self.z[m].bottleneck.update(force=True)
         self.bicee.gaussian.update_scale_table(self.bicee.gaussian.scale_table, force=True)
         self.frozen = True
