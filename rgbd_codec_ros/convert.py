@@ -377,3 +377,36 @@ def decode_compressed(msg: Any, backends: Optional[Dict[str, CodecBackend]] = No
         raise CodecError(f"payload holds {frame.depth.dtype} depth but the message says "
                          f"{msg.depth_encoding}")
     return frame, msg.color_encoding, msg.depth_encoding
+
+
+# --------------------------------------------------------------------------- calibration schedule
+def camera_info_key(info: Any) -> tuple:
+    """What identifies a calibration (everything but the stamp, which changes every frame)."""
+    roi = info.roi
+    return (str(info.header.frame_id), int(info.height), int(info.width), str(info.distortion_model),
+            tuple(np.asarray(info.d, dtype=float).tolist()), tuple(np.asarray(info.k, dtype=float).tolist()),
+            tuple(np.asarray(info.r, dtype=float).tolist()), tuple(np.asarray(info.p, dtype=float).tolist()),
+            int(info.binning_x), int(info.binning_y),
+            (int(roi.x_offset), int(roi.y_offset), int(roi.height), int(roi.width), bool(roi.do_rectify)))
+
+
+class CameraInfoSchedule:
+    """When calibration rides along a CompressedRGBD: every ``period`` frames (0 = never
+    periodically) and whenever it changes. Shared by the encoder node and ``bag compress``."""
+
+    def __init__(self, period: int):
+        self.period = int(period)
+        self._sent_keys: tuple = (None, None)
+        self._since = 0   # frames sent since the infos were last attached
+
+    def infos_for_frame(self, color_info: Any, depth_info: Any) -> tuple:
+        """(colour info, depth info) to attach to this frame, or (None, None)."""
+        keys = tuple(None if i is None else camera_info_key(i) for i in (color_info, depth_info))
+        due = keys != self._sent_keys or (self.period > 0 and self._since >= self.period - 1)
+        if not due or keys == (None, None):
+            self._since += 1
+            return None, None
+        self._sent_keys = keys
+        self._since = 0
+        return color_info, depth_info
+

@@ -131,8 +131,7 @@ class _Encoder:
             raise CodecError(f"camera_info_period must be >= 0, got {opts.camera_info_period}")
         self.color_info = None
         self.depth_info = None
-        self._sent_keys = (None, None)
-        self._since_info = 0   # frames sent since the infos were last attached
+        self._info_schedule = convert.CameraInfoSchedule(opts.camera_info_period)
 
     def set_info(self, which: str, info) -> None:
         if which == "color":
@@ -141,18 +140,8 @@ class _Encoder:
             self.depth_info = info
 
     def _infos(self):
-        """The camera infos to attach to this frame: every ``camera_info_period`` frames
-        (0 = never periodically) and whenever they change; the encoder node's rule."""
-        keys = tuple(None if i is None else messages.camera_info_key(i)
-                     for i in (self.color_info, self.depth_info))
-        period = int(self.opts.camera_info_period)
-        due = keys != self._sent_keys or (period > 0 and self._since_info >= period - 1)
-        if not due or keys == (None, None):
-            self._since_info += 1
-            return None, None
-        self._sent_keys = keys
-        self._since_info = 0
-        return self.color_info, self.depth_info
+        """The camera infos to attach to this frame (the encoder node's rule)."""
+        return self._info_schedule.infos_for_frame(self.color_info, self.depth_info)
 
     def encode(self, color_msg, depth_msg) -> bytes:
         color_arr = convert.image_to_array(color_msg)

@@ -65,18 +65,6 @@ def compressed(fields: dict, hdr: Any, depth_hdr: Any, color_info: Optional[Any]
         **values)
 
 
-def camera_info_key(info: Any) -> tuple:
-    """What identifies a calibration (everything but the stamp)."""
-    return (str(info.header.frame_id), int(info.height), int(info.width), str(info.distortion_model),
-            tuple(np.asarray(info.d, dtype=float).tolist()),
-            tuple(np.asarray(info.k, dtype=float).tolist()),
-            tuple(np.asarray(info.r, dtype=float).tolist()),
-            tuple(np.asarray(info.p, dtype=float).tolist()),
-            int(info.binning_x), int(info.binning_y),
-            (int(info.roi.x_offset), int(info.roi.y_offset), int(info.roi.height),
-             int(info.roi.width), bool(info.roi.do_rectify)))
-
-
 def restamp_camera_info(info: Any, hdr: Any) -> Any:
     """A copy of a CameraInfo whose stamp is that of ``hdr`` (frame_id kept)."""
     t = _types()

@@ -120,14 +120,6 @@ def stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def camera_info_key(info: Any) -> tuple:
-    """Everything that identifies a calibration (the stamp is left out: it changes every frame)."""
-    roi = info.roi
-    return (info.header.frame_id, info.height, info.width, info.distortion_model, tuple(info.d),
-            tuple(info.k), tuple(info.r), tuple(info.p), info.binning_x, info.binning_y,
-            (roi.x_offset, roi.y_offset, roi.height, roi.width, roi.do_rectify))
-
-
 # ------------------------------------------------------------------ diagnostics
 
 

@@ -85,8 +85,7 @@ class EncoderNode(Node):
         self._log_refusal = common.RefusalLog(self.get_logger())
         self._color_info: Optional[CameraInfo] = None
         self._depth_info: Optional[CameraInfo] = None
-        self._sent_info_keys = (None, None)
-        self._frames_since_info = 0
+        self._info_schedule = convert.CameraInfoSchedule(p["camera_info_period"])
 
         self._pub = self.create_publisher(CompressedRGBD, "rgbd/compressed",
                                           common.qos_profile(p["output_qos"], p["output_depth"]))
@@ -188,15 +187,8 @@ class EncoderNode(Node):
 
     def _infos_to_send(self):
         """The camera infos to attach to this frame: periodically and whenever they change."""
-        keys = tuple(None if i is None else common.camera_info_key(i) for i in (self._color_info, self._depth_info))
-        period = self._params["camera_info_period"]
-        due = (keys != self._sent_info_keys) or (period > 0 and self._frames_since_info >= period - 1)
-        if not due or keys == (None, None):
-            self._frames_since_info += 1
-            return None, None
-        self._sent_info_keys = keys
-        self._frames_since_info = 0
-        return self._color_info, self._depth_info
+        self._info_schedule.period = self._params["camera_info_period"]
+        return self._info_schedule.infos_for_frame(self._color_info, self._depth_info)
 
     def _encode(self, color_msg: Image, depth_msg: Image) -> None:
         start = time.perf_counter()
