@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Warm-up phase of the shipped model's training (phase 1 of 2, see the model card).
+"""The trainer that produced the shipped weights (see rgbd_codec_ros/models/lite.md).
 
-Written before ``rgbd-codec train`` existed, to start the 2-core CPU run early. It
-uses the project's datasets and model; the loss is the MSE form of the paper's
-loss (rgb and depth both MSE on [0,1], invalid depth pixels left out), with one
-quality index drawn per step. Phase 2 continues from its weights with
-``rgbd-codec train --init-weights``.
+Written to start the 2-core CPU run early in the first session, before
+``rgbd-codec train`` existed; kept so that the model card's commands reproduce
+the shipped files. It uses the project's datasets and model; the loss is the
+MSE form of the paper's loss (rgb and depth both MSE on [0,1], invalid depth
+pixels left out), with one quality index drawn per step. Resumable (checkpoint
+every 5 minutes and on SIGTERM); ``--lr`` also applies on resume. For new
+training use ``rgbd-codec train`` (exact resume, DDP, the paper's depth loss).
 
 Usage: python scripts/train_warmup.py --out runs/warmup --hours 1.5
 """
