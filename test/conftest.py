@@ -30,7 +30,17 @@ _pinned = os.environ.get("RGBD_CODEC_TEST_DOMAIN_ID", "").strip()
 os.environ.update(localhost_dds_env(domain_id=int(_pinned) if _pinned.isdigit() else None))
 
 #: the real RGB-D frames, used in place (never copied into the repository)
-DATA_DIR = (REPO_ROOT / ".." / "shared" / "data" / "rgbd").resolve()
+def _find_data_dir() -> Path:
+    """$RGBD_DATA_DIR, else ../shared/data/rgbd beside the checkout, else this workplace's copy."""
+    candidates = [os.environ.get("RGBD_DATA_DIR", ""), REPO_ROOT / ".." / "shared" / "data" / "rgbd",
+                  "/work/shared/data/rgbd"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c).resolve()
+    return (REPO_ROOT / ".." / "shared" / "data" / "rgbd").resolve()
+
+
+DATA_DIR = _find_data_dir()
 MSG_FILE = REPO_ROOT / "msg" / "CompressedRGBD.msg"
 
 

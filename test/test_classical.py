@@ -1,7 +1,6 @@
 """The classical backend on real RGB-D frames: exactness, bounds, sizes, odd inputs, bad payloads."""
 import csv
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,9 @@ import pytest
 from rgbd_codec_ros.codec import CodecError, RGBDFrame
 from rgbd_codec_ros.codec import classical, container
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rgbd"
+from conftest import DATA_DIR  # noqa: E402
+
+DATA = DATA_DIR
 SOURCES = ("7scenes_kinect1", "osd_kinect_pcl_mosd", "realsense_d435_taeyoung",
            "realsense_f200_apc", "realsense_f200_kinfu_sample")
 COLOR_CODECS = [c for c in classical.COLOR_CODECS if classical.color_codec_available(c)]

@@ -1,7 +1,6 @@
 """RVL depth coding: exact round trips on real and synthetic depth, format, robustness."""
 import csv
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,9 @@ import pytest
 from rgbd_codec_ros.codec import rvl
 from rgbd_codec_ros.codec.base import CodecError
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rgbd"
+from conftest import DATA_DIR  # noqa: E402
+
+DATA = DATA_DIR
 SOURCES = ("7scenes_kinect1", "osd_kinect_pcl_mosd", "realsense_d435_taeyoung",
            "realsense_f200_apc", "realsense_f200_kinfu_sample")
 
