@@ -53,6 +53,16 @@ class DecompressStats:
                 f"{self.copied} other messages copied")
 
 
+
+def _refuse_incomplete(opts, stats, topic: str) -> None:
+    """Raise (so that nothing is written) if --strict met a bad message or nothing decoded."""
+    if opts.strict and stats.skipped:
+        raise CodecError(f"{stats.skipped} message(s) could not be decoded (see the "
+                         "warnings) and --strict was given; nothing was written")
+    if stats.frames == 0:
+        raise CodecError(f"no message of {topic} could be decoded ({stats.skipped} skipped); "
+                         "nothing was written")
+
 def read_custom_data(path) -> Dict[str, str]:
     """rosbag2 ``custom_data`` of a bag (directory or bare file)."""
     custom = embedded_metadata(path).get("custom_data") or {}
@@ -175,12 +185,7 @@ def decompress_bag(inp, out, opts: DecompressOptions,
                     stats.frames += 1
             finally:
                 progress.close()
-            if opts.strict and stats.skipped:
-                raise CodecError(f"{stats.skipped} message(s) could not be decoded (see the "
-                                 "warnings) and --strict was given; nothing was written")
-            if stats.frames == 0:
-                raise CodecError(f"no message of {topic} could be decoded ({stats.skipped} skipped); "
-                                 "nothing was written")
+            _refuse_incomplete(opts, stats, topic)
     finally:
         reader.close()
     return stats
@@ -230,12 +235,7 @@ def decompress_to_images(inp, out_dir, opts: DecompressOptions,
                     stats.frames += 1
             finally:
                 progress.close()
-            if opts.strict and stats.skipped:
-                raise CodecError(f"{stats.skipped} message(s) could not be decoded (see the "
-                                 "warnings) and --strict was given; nothing was written")
-            if stats.frames == 0:
-                raise CodecError(f"no message of {topic} could be decoded ({stats.skipped} skipped); "
-                                 "nothing was written")
+            _refuse_incomplete(opts, stats, topic)
             folder.meta.update({
                 "dataset": f"decoded from {Path(inp).name} topic {topic} by rgbd-codec bag decompress",
                 "depth_units": "uint16, value / depth_scale_per_m = metres, 0 = no measurement",
