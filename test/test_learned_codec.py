@@ -12,7 +12,8 @@ import torch
 from rgbd_codec_ros.codec import CodecError, RGBDFrame, create_backend
 from rgbd_codec_ros.codec.learned import bitstream as bs
 from rgbd_codec_ros.codec.learned.backend import LearnedBackend, padded_size
-from rgbd_codec_ros.codec.learned.depth import decode_mask, encode_mask, fill_holes
+from rgbd_codec_ros.codec.learned.depth import (decode_far_depth, decode_mask, encode_far_depth, encode_mask,
+                                                 far_step, fill_holes)
 from rgbd_codec_ros.codec.learned.model import build_model, load_model
 
 from learned_fixtures import load_pair, trained_tiny_weights, untrained_tiny_weights  # noqa: F401
@@ -112,7 +113,7 @@ def test_float_metres_mono_and_clipped_depth(untrained_tiny_weights, data_dir):
     color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 0)
     metres = depth.astype(np.float32) / scale
     metres[depth == 0] = np.nan
-    metres[:4, :4] = 25.0           # beyond the model's 10 m range: clipped, flagged
+    metres[:4, :4] = 25.0           # beyond the model's 10 m range: clipped, flagged, on the log grid
     mono = color.mean(axis=2).astype(np.uint8)
     backend = LearnedBackend(weights=untrained_tiny_weights, device="cpu")
     enc = backend.encode(RGBDFrame(mono, metres, 1.0))
@@ -120,7 +121,58 @@ def test_float_metres_mono_and_clipped_depth(untrained_tiny_weights, data_dir):
     out = backend.decode(enc.payload)
     assert out.color.shape == mono.shape and out.depth.dtype == np.float32
     assert np.array_equal(np.isnan(out.depth), np.isnan(metres))
-    assert np.all(out.depth[:4, :4] == np.float32(10.0))
+    step = far_step(1, 4)   # the default quality index
+    assert np.all(np.abs(out.depth[:4, :4] / 25.0 - 1) <= step / 2 + 1e-6)
+
+
+def test_depth_beyond_the_range_keeps_its_value_on_real_d435_frames(untrained_tiny_weights, data_dir):
+    """The D435 source has about 4 % of its pixels beyond 10 m (and 65.5 m spikes)."""
+    color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 1)
+    far = depth > 10 * scale
+    assert far.mean() > 0.01
+    errors = []
+    for quality in (0, 3):
+        backend = LearnedBackend(weights=untrained_tiny_weights, device="cpu", quality=quality)
+        enc = backend.encode(RGBDFrame(color, depth, scale))
+        out = backend.decode(enc.payload)
+        rel = np.abs(out.depth[far].astype(np.float64) / depth[far] - 1)
+        assert rel.max() <= far_step(quality, 4) / 2 + 1e-3   # + the rounding to millimetres
+        assert np.array_equal(out.depth == 0, depth == 0)
+        errors.append(rel.mean())
+    assert errors[1] < errors[0]    # higher quality, finer grid
+
+
+def test_far_depth_section_round_trip_and_damage():
+    rng = np.random.default_rng(1)
+    metres = rng.uniform(0.5, 70.0, (48, 64))
+    far = metres > 10.0
+    data = encode_far_depth(metres, far, 10.0, 0.02)
+    back = decode_far_depth(data, far, 10.0)
+    assert np.all(np.abs(back / metres[far] - 1) <= 0.01 + 1e-9)
+    assert encode_far_depth(metres, np.zeros_like(far), 10.0, 0.02) == b""
+    assert decode_far_depth(b"", far, 10.0) is None     # version-1 streams: range limit
+    for bad in (data[:3], data[:-4], data[:2] + bytes(len(data) - 2)):
+        with pytest.raises(CodecError):
+            decode_far_depth(bad, far, 10.0)
+    with pytest.raises(CodecError, match="does not match"):
+        decode_far_depth(data, np.zeros_like(far), 10.0)
+
+
+def test_version_1_payloads_still_decode(trained_tiny_weights, data_dir):
+    """Recordings made before the far-depth section (format version 1) decode, far pixels at 10 m."""
+    color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 2)
+    backend = LearnedBackend(weights=trained_tiny_weights, device="cpu")
+    payload = backend.encode(RGBDFrame(color, depth, scale)).payload
+    header, sections = bs.unpack(payload)
+    assert sections["far_depth"]
+    old = bs.pack(header, dict(sections, far_depth=b""), version=1)
+    assert old[len(bs.MAGIC)] == 1
+    new_out, old_out = backend.decode(payload), backend.decode(old)
+    far = depth > 10 * scale
+    assert np.array_equal(old_out.depth[~far], new_out.depth[~far])
+    assert np.all(old_out.depth[far] == 10 * scale)
+    with pytest.raises(CodecError, match="version 1"):
+        bs.pack(header, sections, version=1)
 
 
 def test_mask_coding_is_lossless_on_real_masks(data_dir):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ..base import CodecBackend, CodecError, EncodedRGBD, RGBDFrame, register_backend
 from . import bitstream as bs
-from .depth import decode_mask, depth_to_metres, encode_mask, fill_holes, normalise, restore_depth
+from .depth import (decode_far_depth, decode_mask, depth_to_metres, encode_far_depth, encode_mask, fill_holes,
+                    far_step, normalise, restore_depth)
 from .model import PAD_MULTIPLE, LatentMismatch, RGBDCompressionModel, load_model
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
@@ -151,7 +152,9 @@ class LearnedBackend(CodecBackend):
         d = F.pad(d, (0, pw - w, 0, ph - h), mode="replicate")
         out = model.compress(x, d, self._quality)
         s = out["streams"]
-        sections = dict(s, hole_mask=encode_mask(~valid), clipped_mask=encode_mask(clipped))
+        sections = dict(s, hole_mask=encode_mask(~valid), clipped_mask=encode_mask(clipped),
+                        far_depth=encode_far_depth(metres, clipped, model.depth_range_m,
+                                                   far_step(self._quality, model.num_qualities)))
         header = bs.LearnedFrameHeader(
             model_id=self._model_id, quality=self._quality, width=w, height=h, padded_width=pw,
             padded_height=ph, color_mode=bs.COLOR_MONO if mono else bs.COLOR_RGB,
@@ -163,7 +166,7 @@ class LearnedBackend(CodecBackend):
             payload=payload, codec=self.name, model_id=self._model_id, quality=self.quality,
             bytes_rgb=len(s["z_rgb"]) + len(s["y_rgb"]),
             bytes_depth=len(s["z_depth"]) + len(s["y_depth"]) + len(sections["hole_mask"])
-            + len(sections["clipped_mask"]),
+            + len(sections["clipped_mask"]) + len(sections["far_depth"]),
             info={"estimated_bits": out["estimated_bits"], "clipped_pixels": int(clipped.sum())})
 
     def decode(self, payload: bytes) -> RGBDFrame:
@@ -186,6 +189,7 @@ class LearnedBackend(CodecBackend):
             raise CodecError(f"learned payload depth range {header.depth_range_m} m differs from the model's")
         holes = decode_mask(sections["hole_mask"], h, w)
         clipped = decode_mask(sections["clipped_mask"], h, w)
+        far_metres = decode_far_depth(sections["far_depth"], clipped, header.depth_range_m)
         try:
             x_r, x_d = model.decompress({k: sections[k] for k in ("z_rgb", "z_depth", "y_rgb", "y_depth")},
                                         (zh, zw), header.quality, expected_hash=header.latent_hash)
@@ -200,7 +204,8 @@ class LearnedBackend(CodecBackend):
             color = np.ascontiguousarray(rgb)
         norm = x_d[0, 0, :h, :w].float().cpu().numpy()
         dtype = np.uint16 if header.depth_type == bs.DEPTH_U16 else np.float32
-        depth = restore_depth(norm, ~holes, clipped, dtype, header.depth_scale_per_m, header.depth_range_m)
+        depth = restore_depth(norm, ~holes, clipped, dtype, header.depth_scale_per_m, header.depth_range_m,
+                              far_metres)
         scale = 1.0 if dtype == np.float32 else header.depth_scale_per_m
         return RGBDFrame(color=color, depth=depth, depth_scale_per_m=scale)
 

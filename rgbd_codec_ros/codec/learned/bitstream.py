@@ -8,7 +8,8 @@ header:
     u8 colour mode (0 RGB, 1 mono) | u8 depth type (0 uint16, 1 float32 m) |
     f32 depth units per metre | f32 depth range in metres |
     u16 z height | u16 z width | 8 bytes hash of the decoded latents |
-    6 x u32 section lengths: z rgb, z depth, y rgb, y depth, hole mask, clipped mask
+    7 x u32 section lengths: z rgb, z depth, y rgb, y depth, hole mask, far mask, far depth
+    (version 1 had six: no far depth section; its far pixels decode as the range limit)
 The CRC catches transport damage; the latent hash catches a decoder whose
 probability tables diverged from the encoder's (it then refuses to output).
 """
@@ -22,9 +23,11 @@ from typing import Dict
 from ..base import CodecError
 
 MAGIC = b"RGBDL"
-VERSION = 1
-SECTIONS = ("z_rgb", "z_depth", "y_rgb", "y_depth", "hole_mask", "clipped_mask")
-_FIXED = struct.Struct("<BHHHHBBffHH8s6I")
+VERSION = 2
+SECTIONS = ("z_rgb", "z_depth", "y_rgb", "y_depth", "hole_mask", "clipped_mask", "far_depth")
+#: versions this decoder reads -> the sections they carry
+_SECTIONS_OF = {1: SECTIONS[:6], 2: SECTIONS}
+_FIXED_OF = {v: struct.Struct(f"<BHHHHBBffHH8s{len(names)}I") for v, names in _SECTIONS_OF.items()}
 COLOR_RGB, COLOR_MONO = 0, 1
 DEPTH_U16, DEPTH_F32 = 0, 1
 
@@ -46,15 +49,20 @@ class LearnedFrameHeader:
     latent_hash: bytes
 
 
-def pack(header: LearnedFrameHeader, sections: Dict[str, bytes]) -> bytes:
+def pack(header: LearnedFrameHeader, sections: Dict[str, bytes], version: int = VERSION) -> bytes:
+    """One frame. ``version`` < VERSION writes an older layout (tests of old recordings); the
+    sections that layout lacks must be empty."""
+    if version not in _SECTIONS_OF or any(sections.get(n) for n in SECTIONS if n not in _SECTIONS_OF[version]):
+        raise CodecError(f"cannot write these sections as format version {version}")
+    names = _SECTIONS_OF[version]
     mid = header.model_id.encode("ascii")
     if len(mid) > 255:
         raise CodecError("model id longer than 255 bytes")
-    body = bytes([len(mid)]) + mid + _FIXED.pack(
+    body = bytes([len(mid)]) + mid + _FIXED_OF[version].pack(
         header.quality, header.width, header.height, header.padded_width, header.padded_height,
         header.color_mode, header.depth_type, header.depth_scale_per_m, header.depth_range_m,
-        header.z_height, header.z_width, header.latent_hash, *(len(sections[s]) for s in SECTIONS))
-    out = MAGIC + bytes([VERSION]) + struct.pack("<H", len(body)) + body + b"".join(sections[s] for s in SECTIONS)
+        header.z_height, header.z_width, header.latent_hash, *(len(sections[s]) for s in names))
+    out = MAGIC + bytes([version]) + struct.pack("<H", len(body)) + body + b"".join(sections[s] for s in names)
     return out + struct.pack("<I", zlib.crc32(out))
 
 
@@ -70,9 +78,11 @@ def unpack(payload: bytes):
     if len(payload) < len(MAGIC) + 3 + 4:
         raise CodecError(f"learned payload truncated ({len(payload)} bytes)")
     version = payload[len(MAGIC)]
-    if version != VERSION:
+    if version not in _SECTIONS_OF:
         raise CodecError(f"learned payload format version {version} is not supported "
-                         f"(this decoder reads version {VERSION}); update rgbd_codec_ros")
+                         f"(this decoder reads versions {', '.join(map(str, _SECTIONS_OF))}); "
+                         "update rgbd_codec_ros")
+    fixed, names = _FIXED_OF[version], _SECTIONS_OF[version]
     (crc,) = struct.unpack("<I", payload[-4:])
     if zlib.crc32(payload[:-4]) != crc:
         raise CodecError("learned payload is corrupted or truncated (CRC mismatch)")
@@ -82,20 +92,20 @@ def unpack(payload: bytes):
     if pos + hlen > len(payload) - 4 or hlen < 1:
         raise CodecError("learned payload header is truncated")
     n = payload[pos]
-    if 1 + n + _FIXED.size != hlen:
+    if 1 + n + fixed.size != hlen:
         raise CodecError("learned payload header has the wrong length")
     try:
         model_id = payload[pos + 1: pos + 1 + n].decode("ascii")
     except UnicodeDecodeError:
         raise CodecError("learned payload has a malformed model id") from None
-    f = _FIXED.unpack_from(payload, pos + 1 + n)
+    f = fixed.unpack_from(payload, pos + 1 + n)
     header = LearnedFrameHeader(model_id, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11])
     lengths = f[12:]
     pos += hlen
     if pos + sum(lengths) != len(payload) - 4:
         raise CodecError("learned payload section lengths do not match its size")
-    sections = {}
-    for name, ln in zip(SECTIONS, lengths):
+    sections = dict.fromkeys(SECTIONS, b"")   # sections an older version lacks are empty
+    for name, ln in zip(names, lengths):
         sections[name] = payload[pos: pos + ln]
         pos += ln
     return header, sections

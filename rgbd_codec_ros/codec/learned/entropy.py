@@ -67,7 +67,7 @@ class FactorizedLatent(nn.Module):
                 loss = eb.loss()
                 loss.backward()
                 opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     def offsets_fixed(self) -> torch.Tensor:
         """Channel medians on the 2**-FRAC_BITS grid, as integers [1,C,1,1]."""

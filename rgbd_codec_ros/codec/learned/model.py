@@ -253,6 +253,20 @@ class RGBDCompressionModel(nn.Module):
         return torch.tensor(out, dtype=torch.float64).view(shape)
 
     # ---------------------------------------------------------------- weights
+    def load_trainable_state(self, finished: "RGBDCompressionModel") -> None:
+        """Take the float weights of a finished (frozen) model to train on from them.
+
+        The integer entropy path and coder tables are left out: ``export_weights``
+        derives them again from the trained floats.
+        """
+        own = self.state_dict()
+        state = {k: v for k, v in finished.state_dict().items() if k in own and own[k].shape == v.shape}
+        missing = [k for k in own if k not in state and k.rsplit(".", 1)[-1] not in _FROZEN_ONLY]
+        if missing or finished.preset != self.preset or finished.variant != self.variant:
+            raise ValueError(f"weights do not match {self.preset.name}/{self.variant}: {missing[:3]}")
+        self.load_state_dict(state, strict=False)
+        self.frozen = False
+
     def export_weights(self, path, metadata: Optional[dict] = None) -> str:
         """Write finished weights (transforms in fp16, entropy path exact) and return the model id."""
         if not self.frozen:
@@ -275,6 +289,10 @@ def _synthesis_threads(device: torch.device, single: bool):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+#: buffers that only a frozen model fills (exact integer weights, coder tables)
+_FROZEN_ONLY = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")
 
 
 def _export_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
