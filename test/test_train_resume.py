@@ -12,6 +12,8 @@ import torch
 
 from rgbd_codec_ros.cli import main
 
+from learned_fixtures import trained_tiny_weights  # noqa: F401
+
 torch.set_num_threads(1)
 
 
@@ -93,7 +95,30 @@ def test_resume_refuses_another_model(tmp_path, base_args, capsys):
     assert "trained with --preset tiny" in capsys.readouterr().err
 
 
+def test_init_weights_fine_tunes_finished_weights(tmp_path, base_args, trained_tiny_weights, capsys):
+    """--init-weights starts from a finished model (same first batch: a lower loss than from scratch),
+    with the warm-up ramp, and refuses weights of another model."""
+    scratch, tuned = tmp_path / "scratch", tmp_path / "tuned"
+    assert main(base_args + ["--checkpoint-dir", str(scratch), "--val-every", "100"]) == 0
+    assert main(base_args + ["--checkpoint-dir", str(tuned), "--val-every", "100", "--init-weights",
+                             trained_tiny_weights, "--warmup-steps", "2"]) == 0
+    assert "initialised from tiny" in capsys.readouterr().err
+    rows_s, rows_t = _rows(scratch / "train_log.csv"), _rows(tuned / "train_log.csv")
+    assert float(rows_t[0]["loss"]) < 0.5 * float(rows_s[0]["loss"])
+    assert float(rows_t[0]["psnr_rgb"]) > float(rows_s[0]["psnr_rgb"]) + 3
+    assert [float(r["lr"]) for r in rows_t] == pytest.approx([1e-4 / 3, 2e-4 / 3, 1e-4, 1e-5])
+    # a resume continues the checkpoint, not the initial weights
+    assert main(base_args + ["--checkpoint-dir", str(tuned), "--resume", "--steps", "5", "--init-weights",
+                             trained_tiny_weights, "--warmup-steps", "2"]) == 0
+    assert [r["step"] for r in _rows(tuned / "train_log.csv")] == ["0", "1", "2", "3", "4"]
+    capsys.readouterr()
+    assert main(base_args + ["--checkpoint-dir", str(tmp_path / "sep"), "--variant", "separate",
+                             "--init-weights", trained_tiny_weights]) == 2
+    assert "does not fit --preset tiny --variant separate" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--init-weights", "/nonexistent/w.pt"], "no such weights file"),
     (["--crop", "100"], "multiple of 64"),
     (["--resume", "/nonexistent/ckpt.pt"], "no such checkpoint"),
     (["--qualities", "9"], "index must be"),

@@ -79,6 +79,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "with --resume)")
     o.add_argument("--batch-size", type=int, default=8, help="per process")
     o.add_argument("--lr", type=float, default=1e-4, help="x0.1 at 75%% and 90%% of the steps")
+    o.add_argument("--warmup-steps", type=int, default=0, metavar="STEPS",
+                   help="linear learning-rate warm-up (use a few hundred with --init-weights)")
+    o.add_argument("--init-weights", metavar="WEIGHTS",
+                   help="start from finished weights (e.g. rgbd_codec_ros/models/lite.pt) with a fresh "
+                        "optimiser: fine-tuning on your data, or continuing the shipped model")
     o.add_argument("--aux-lr", type=float, default=1e-3)
     o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     o.add_argument("--seed", type=int, default=0)
@@ -110,7 +115,8 @@ def config_from_args(args):
         data=args.data, nyu_mat=args.nyu_mat, tum=args.tum, sun=args.sun, tum_max_dt=args.tum_max_dt,
         val_source=args.val_source, source_weight=args.source_weight, preset=args.preset,
         variant=args.variant, steps=args.steps, stop_at=args.stop_at, batch_size=args.batch_size, crop=args.crop,
-        vflip=args.vflip, lr=args.lr, aux_lr=args.aux_lr, clip=args.clip, qualities=args.qualities,
+        vflip=args.vflip, lr=args.lr, warmup_steps=args.warmup_steps, init_weights=args.init_weights,
+        aux_lr=args.aux_lr, clip=args.clip, qualities=args.qualities,
         quality_sampling=args.quality_sampling, depth_loss=args.depth_loss, seed=args.seed,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, resume=args.resume, log_csv=args.log_csv,

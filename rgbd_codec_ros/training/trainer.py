@@ -68,6 +68,8 @@ class TrainConfig:
     lr: float = 1e-4
     aux_lr: float = 1e-3
     lr_milestones: Sequence[float] = (0.75, 0.9)
+    warmup_steps: int = 0
+    init_weights: Optional[str] = None
     clip: float = 1.0
     qualities: Optional[List[str]] = None
     quality_sampling: str = "batch"
@@ -121,6 +123,8 @@ def set_rng_state(st: Dict) -> None:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     lr = cfg.lr
+    if step < cfg.warmup_steps:   # linear ramp: a fresh Adam's first updates are +-lr per weight
+        lr *= (step + 1) / (cfg.warmup_steps + 1)
     for frac in cfg.lr_milestones:
         if step >= int(round(frac * cfg.steps)):
             lr *= 0.1
@@ -236,6 +240,8 @@ class Trainer:
             self.model = model_factory(cfg.preset, cfg.variant)
         except ValueError as exc:
             raise TrainError(str(exc)) from exc
+        if cfg.init_weights:
+            self._init_from_weights(cfg.init_weights)
         self.model.to(self.device)
         self.depth_range_m = float(self.model.depth_range_m)
         self.qualities = resolve_qualities(self.model, cfg.qualities)
@@ -299,13 +305,17 @@ class Trainer:
             raise TrainError(f"--resume {c.resume}: no such checkpoint file")
         if c.resume == "auto" and not c.checkpoint_dir:
             raise TrainError("--resume without a path needs --checkpoint-dir")
+        if c.warmup_steps < 0:
+            raise TrainError("--warmup-steps must be >= 0")
+        if c.init_weights and not os.path.isfile(c.init_weights):
+            raise TrainError(f"--init-weights {c.init_weights}: no such weights file")
 
     def _compat_config(self) -> Dict:
         c = self.cfg
         return {"preset": c.preset, "variant": c.variant, "batch_size": c.batch_size, "crop": c.crop,
                 "seed": c.seed, "qualities": self.qualities, "quality_sampling": c.quality_sampling,
                 "depth_loss": c.depth_loss, "world_size": self.world, "steps": c.steps,
-                "lr": c.lr, "vflip": c.vflip,
+                "lr": c.lr, "warmup_steps": c.warmup_steps, "vflip": c.vflip,
                 "train_sources": [s.name for s in self.train_sources],
                 "source_weights": self.source_weights}
 
@@ -340,6 +350,21 @@ class Trainer:
             except OSError:
                 pass
         return path
+
+    def _init_from_weights(self, path: str) -> None:
+        """Start from finished weights (fine-tuning); a checkpoint resumed later overrides them."""
+        from rgbd_codec_ros.codec.learned.model import load_model
+        try:
+            finished, meta = load_model(path)
+        except Exception as exc:
+            raise TrainError(f"--init-weights {path}: not readable as finished weights ({exc})") from exc
+        try:
+            self.model.load_trainable_state(finished)
+        except ValueError as exc:
+            raise TrainError(f"--init-weights {path} ({meta['model_id']}) does not fit --preset "
+                             f"{self.cfg.preset} --variant {self.cfg.variant}: {exc}") from exc
+        if self.is_main:
+            print(f"initialised from {meta['model_id']} ({meta.get('steps')} steps)", file=sys.stderr)
 
     def _resume(self, spec: str) -> None:
         path = spec
@@ -437,7 +462,7 @@ class Trainer:
         if self.distributed:
             dist.all_reduce(stats)
             stats /= self.world
-        finite = bool(torch.isfinite(stats[:2]).all())
+        finite = bool(torch.isfinite(stats[:2]).all() and torch.isfinite(stats[6]))
         if finite:            # the same decision on every rank (stats are reduced)
             self.opt.step()
             self.aux_opt.step()
