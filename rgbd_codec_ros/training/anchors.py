@@ -9,19 +9,22 @@ Depth (the 16-bit integer units of the input; float metres are first rounded to 
   ``jpegxl16``        lossless 16-bit JPEG XL (modular) (one point);
   ``jpegxl16-lossy``  lossy 16-bit JPEG XL, distance sweep 12..0.25. Holes are kept exact the
                       way the learned codec keeps them: they are filled smoothly before coding
-                      (no bits spent on hole edges) and restored from a losslessly coded mask;
-                      a valid pixel never decodes to 0. The mask bytes count as depth bytes.
+                      (no bits spent on hole edges) and restored from a losslessly coded mask,
+                      with the learned codec's own mask coder (so the comparison is of the depth
+                      values alone); a valid pixel never decodes to 0. The mask bytes count as
+                      depth bytes.
 
 Settings of a pair: with a lossless depth codec, the colour sweep; with two lossy codecs, the
 two sweeps paired point by point (low with low, high with high).
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from rgbd_codec_ros.codec.learned.depth import decode_mask, encode_mask, fill_holes
 
 
 class AnchorError(ValueError):
@@ -71,22 +74,12 @@ def _jxl16_lossless_enc(d, _q):
     return _ic().jpegxl_encode(d, lossless=True, effort=7, numthreads=1)
 
 
-def _mask_encode(mask: np.ndarray) -> bytes:
-    return zlib.compress(np.packbits(mask.astype(np.uint8)).tobytes(), 9)
-
-
-def _mask_decode(data: bytes, h: int, w: int) -> np.ndarray:
-    bits = np.unpackbits(np.frombuffer(zlib.decompress(data), np.uint8))[:h * w]
-    return bits.reshape(h, w).astype(bool)
-
-
 def _jxl16_lossy_enc(d, q):
-    from rgbd_codec_ros.codec.learned.depth import fill_holes
     valid = d != 0
     filled = np.clip(np.round(fill_holes(d.astype(np.float32), valid)), 1, 65535).astype(np.uint16) \
         if valid.any() else np.zeros_like(d)
     body = _ic().jpegxl_encode(filled, distance=float(q), effort=7, numthreads=1)
-    mask = _mask_encode(valid)
+    mask = encode_mask(valid)
     h, w = d.shape
     return (h.to_bytes(4, "little") + w.to_bytes(4, "little") + len(mask).to_bytes(4, "little")
             + mask + body)
@@ -94,7 +87,7 @@ def _jxl16_lossy_enc(d, q):
 
 def _jxl16_lossy_dec(data: bytes) -> np.ndarray:
     h, w, n = (int.from_bytes(data[i:i + 4], "little") for i in (0, 4, 8))
-    valid = _mask_decode(data[12:12 + n], h, w)
+    valid = decode_mask(data[12:12 + n], h, w)
     d = np.asarray(_ic().jpegxl_decode(data[12 + n:]))
     if d.ndim == 3:
         d = d[:, :, 0]
