@@ -299,3 +299,31 @@ def test_registered_as_a_backend(untrained_tiny_weights):
         backend.configure(pixel_exact="maybe")
     backend.configure(pixel_exact=False)
     assert backend.model.deterministic_synthesis is False
+
+
+def test_fractional_and_extrapolated_qualities(trained_tiny_weights, data_dir):
+    """Qualities between the trained points interpolate the gains; below 0 they extrapolate to
+    lower rates. The header carries the fraction, so the decoder uses the same gains."""
+    color, depth, scale = load_pair(data_dir, "7scenes_kinect1", 3)
+    backend = LearnedBackend(weights=trained_tiny_weights, device="cpu")
+    sizes = {}
+    for q in (-1, -0.5, 0, 0.5, 1):
+        backend.configure(quality=q)
+        enc = backend.encode(RGBDFrame(color, depth, scale))
+        header, _ = bs.unpack(enc.payload)
+        assert header.quality == q
+        out = backend.decode(enc.payload)
+        assert np.array_equal(out.depth == 0, depth == 0)
+        sizes[q] = len(enc.payload)
+    assert sizes[-1] < sizes[-0.5] < sizes[0] < sizes[0.5] < sizes[1]
+    assert backend.quality == "q=1 (1_1)"
+    backend.configure(quality=0.3)
+    assert backend.quality == "q=0.300781"          # on the header's 1/256 grid
+    for bad in (-1.5, 3.5, "high"):
+        with pytest.raises(CodecError, match="quality must be"):
+            backend.configure(quality=bad)
+    # an integral quality codes exactly as the trained index always did
+    a = LearnedBackend(weights=trained_tiny_weights, device="cpu", quality=2)
+    b = LearnedBackend(weights=trained_tiny_weights, device="cpu", quality=2.0)
+    frame = RGBDFrame(color, depth, scale)
+    assert a.encode(frame).payload == b.encode(frame).payload

@@ -22,7 +22,9 @@ def codec_options(args) -> dict:
 
     options = parse_codec_options(", ".join(args.codec_option))
     if getattr(args, "quality", None) is not None:
-        options[_QUALITY_OPTION.get(args.codec, "quality")] = args.quality
+        q = args.quality
+        # whole numbers as integers: the classical colour quality is an integer knob
+        options[_QUALITY_OPTION.get(args.codec, "quality")] = int(q) if q == int(q) else q
     if getattr(args, "model", None) is not None:
         if args.codec != "learned":
             raise CodecError("--model applies to the learned codec only")
@@ -92,8 +94,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--out-topic", default="/rgbd/compressed", help="default: %(default)s")
     p.add_argument("--codec", default="classical", help="backend: classical or learned "
                                                          "(default: %(default)s)")
-    p.add_argument("--quality", type=int, help="the backend's main quality knob (classical: "
-                                               "color_quality 1-100; learned: quality index)")
+    p.add_argument("--quality", type=float, help="the backend's main quality knob (classical: "
+                   "color_quality 1-100; learned: 0..levels-1, fractions between, down to -1)")
     p.add_argument("--model", help="learned codec weights: a .pt path or a name in the package's "
                                    "models/ folder (default: the shipped ones)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="learned codec device")

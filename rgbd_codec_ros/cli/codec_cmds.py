@@ -24,7 +24,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--codec", default="learned", help="backend: learned (default) or classical")
     p.add_argument("--model", default=None,
                    help="learned codec weights: a .pt path or a name in the package's models/ folder")
-    p.add_argument("--quality", type=int, default=None, help="quality index (learned: 0..levels-1)")
+    p.add_argument("--quality", type=float, default=None,
+                   help="learned: 0..levels-1 (trained points), fractions between them, down to -1 for "
+                        "lower rates; classical: colour quality 1-100")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = default)")
     p.set_defaults(func=run_encode)
@@ -76,7 +78,9 @@ def run_encode(args) -> int:
     else:
         options = {}
         if args.quality is not None:
-            options["color_quality"] = args.quality
+            if args.quality != int(args.quality):
+                raise CodecError(f"--quality {args.quality:g}: the classical colour quality is an integer 1-100")
+            options["color_quality"] = int(args.quality)
     backend = create_backend(args.codec, **options)
     t0 = time.perf_counter()
     enc = backend.encode(RGBDFrame(np.ascontiguousarray(color), depth, args.depth_scale))

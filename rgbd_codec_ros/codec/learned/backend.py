@@ -48,7 +48,9 @@ def resolve_device(device: str) -> str:
 
 class LearnedBackend(CodecBackend):
     """Options: weights (the encoder's weights file; default: the shipped lite model),
-    quality (index), device (cpu|cuda|auto), threads (CPU threads, 0 = leave as is),
+    quality (a trained index 0..Q-1, or any value from -1 to Q-1 in steps of 1/256: fractions
+    interpolate the quality gains between trained points, values below 0 extrapolate them to
+    lower rates), device (cpu|cuda|auto), threads (CPU threads, 0 = leave as is),
     model_path (more weights the decoder may be asked for: files or folders, ':'-separated),
     pixel_exact (default true: decoded pixels bit-identical whatever the thread setting, by
     synthesising on one CPU thread; false: faster multi-threaded synthesis whose pixels may
@@ -60,7 +62,7 @@ class LearnedBackend(CodecBackend):
 
     name = "learned"
 
-    def __init__(self, weights: Optional[str] = None, quality: int = 1, device: str = "auto",
+    def __init__(self, weights: Optional[str] = None, quality: float = 1, device: str = "auto",
                  threads: int = 0, model: Optional[RGBDCompressionModel] = None,
                  model_id: Optional[str] = None, model_path: str = "", pixel_exact: bool = True):
         self._device = resolve_device(device)
@@ -79,7 +81,7 @@ class LearnedBackend(CodecBackend):
         self._decoders: Dict[str, RGBDCompressionModel] = {}
         if self._model is not None:
             self._decoders[self._model_id] = self._model
-        self._quality = 0
+        self._quality = 0.0
         self._pixel_exact = True
         self.configure(quality=quality, pixel_exact=pixel_exact)
 
@@ -106,9 +108,10 @@ class LearnedBackend(CodecBackend):
 
     @property
     def quality(self) -> str:
-        if self._model is None:
-            return f"q={self._quality}"
-        return f"q={self._quality} ({self._model.preset.qualities[self._quality]})"
+        q = self._quality
+        if self._model is None or q != int(q) or q < 0:
+            return f"q={q:g}"
+        return f"q={int(q)} ({self._model.preset.qualities[int(q)]})"
 
     @property
     def model(self) -> Optional[RGBDCompressionModel]:
@@ -118,12 +121,15 @@ class LearnedBackend(CodecBackend):
         for key, value in options.items():
             if key == "quality":
                 try:
-                    q = int(value)
-                except (TypeError, ValueError):
-                    raise CodecError(f"quality must be an integer index, got {value!r}") from None
-                levels = self._model.num_qualities if self._model is not None else 256
-                if not 0 <= q < levels:
-                    raise CodecError(f"quality must be 0..{levels - 1} for model {self._model_id}, got {value}")
+                    # on the header's 1/256 grid, so that the decoder uses the very same gains
+                    q = round(float(value) * bs.QUALITY_STEPS) / bs.QUALITY_STEPS
+                except (TypeError, ValueError, OverflowError):
+                    raise CodecError(f"quality must be a number, got {value!r}") from None
+                if self._model is not None:
+                    try:
+                        self._model.check_quality(q)
+                    except ValueError as exc:
+                        raise CodecError(f"{exc} (model {self._model_id})") from None
                 self._quality = q
             elif key == "pixel_exact":
                 if not isinstance(value, bool):
@@ -179,8 +185,11 @@ class LearnedBackend(CodecBackend):
         zh, zw = header.padded_height // 64, header.padded_width // 64
         if (header.z_height, header.z_width) != (zh, zw):
             raise CodecError("learned payload has an inconsistent latent size")
-        if not 0 <= header.quality < model.num_qualities:
-            raise CodecError(f"learned payload quality {header.quality} is out of range for {header.model_id}")
+        try:
+            model.check_quality(header.quality)
+        except ValueError:
+            raise CodecError(f"learned payload quality {header.quality:g} is out of range for {header.model_id}") \
+                from None
         if header.color_mode not in (bs.COLOR_RGB, bs.COLOR_MONO) or header.depth_type not in (bs.DEPTH_U16, bs.DEPTH_F32):
             raise CodecError("learned payload has an unknown colour mode or depth type")
         if not np.isfinite(header.depth_scale_per_m) or header.depth_scale_per_m <= 0:

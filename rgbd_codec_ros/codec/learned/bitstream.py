@@ -3,7 +3,7 @@
 Layout (little endian):
     b"RGBDL" | u8 format version | u16 header length | header | sections | u32 crc32
 header:
-    u8 len + model id (ascii, "<name>@<weights hash>") | u8 quality index |
+    u8 len + model id (ascii, "<name>@<weights hash>") | i16 quality x 256 (version 1: u8 index) |
     u16 width | u16 height | u16 padded width | u16 padded height |
     u8 colour mode (0 RGB, 1 mono) | u8 depth type (0 uint16, 1 float32 m) |
     f32 depth units per metre | f32 depth range in metres |
@@ -27,7 +27,9 @@ VERSION = 2
 SECTIONS = ("z_rgb", "z_depth", "y_rgb", "y_depth", "hole_mask", "clipped_mask", "far_depth")
 #: versions this decoder reads -> the sections they carry
 _SECTIONS_OF = {1: SECTIONS[:6], 2: SECTIONS}
-_FIXED_OF = {v: struct.Struct(f"<BHHHHBBffHH8s{len(names)}I") for v, names in _SECTIONS_OF.items()}
+_FIXED_OF = {1: struct.Struct("<BHHHHBBffHH8s6I"), 2: struct.Struct("<hHHHHBBffHH8s7I")}
+#: quality resolution of version 2 headers (fractional qualities)
+QUALITY_STEPS = 256
 COLOR_RGB, COLOR_MONO = 0, 1
 DEPTH_U16, DEPTH_F32 = 0, 1
 
@@ -35,7 +37,7 @@ DEPTH_U16, DEPTH_F32 = 0, 1
 @dataclass
 class LearnedFrameHeader:
     model_id: str
-    quality: int
+    quality: float
     width: int
     height: int
     padded_width: int
@@ -55,11 +57,14 @@ def pack(header: LearnedFrameHeader, sections: Dict[str, bytes], version: int = 
     if version not in _SECTIONS_OF or any(sections.get(n) for n in SECTIONS if n not in _SECTIONS_OF[version]):
         raise CodecError(f"cannot write these sections as format version {version}")
     names = _SECTIONS_OF[version]
+    q = round(header.quality * QUALITY_STEPS) if version >= 2 else int(header.quality)
+    if version < 2 and q != header.quality:
+        raise CodecError(f"format version {version} has no fractional qualities")
     mid = header.model_id.encode("ascii")
     if len(mid) > 255:
         raise CodecError("model id longer than 255 bytes")
     body = bytes([len(mid)]) + mid + _FIXED_OF[version].pack(
-        header.quality, header.width, header.height, header.padded_width, header.padded_height,
+        q, header.width, header.height, header.padded_width, header.padded_height,
         header.color_mode, header.depth_type, header.depth_scale_per_m, header.depth_range_m,
         header.z_height, header.z_width, header.latent_hash, *(len(sections[s]) for s in names))
     out = MAGIC + bytes([version]) + struct.pack("<H", len(body)) + body + b"".join(sections[s] for s in names)
@@ -99,7 +104,8 @@ def unpack(payload: bytes):
     except UnicodeDecodeError:
         raise CodecError("learned payload has a malformed model id") from None
     f = fixed.unpack_from(payload, pos + 1 + n)
-    header = LearnedFrameHeader(model_id, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11])
+    quality = f[0] / QUALITY_STEPS if version >= 2 else float(f[0])
+    header = LearnedFrameHeader(model_id, quality, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11])
     lengths = f[12:]
     pos += hlen
     if pos + sum(lengths) != len(payload) - 4:

@@ -70,9 +70,9 @@ def fill_holes(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def far_step(quality: int, num_qualities: int) -> float:
-    """Relative grid step of depth beyond the range: 4 % at the lowest quality, 1 % at the highest."""
-    t = quality / max(num_qualities - 1, 1)
+def far_step(quality: float, num_qualities: int) -> float:
+    """Relative grid step of depth beyond the range: 4 % at quality 0 and below, 1 % at the highest."""
+    t = min(max(quality / max(num_qualities - 1, 1), 0.0), 1.0)
     return 0.04 * 0.25 ** t
 
 

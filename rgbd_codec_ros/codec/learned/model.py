@@ -65,6 +65,10 @@ def parse_quality(name: str) -> Tuple[int, int]:
     return a, b
 
 
+#: lowest coding quality: one trained step below the lowest trained point (extrapolated gains)
+QUALITY_MIN = -1.0
+
+
 class RGBDCompressionModel(nn.Module):
     def __init__(self, preset: Preset, variant: str = "joint"):
         super().__init__()
@@ -111,13 +115,27 @@ class RGBDCompressionModel(nn.Module):
     def aux_loss(self) -> torch.Tensor:
         return sum(self.z[m].bottleneck.loss() for m in MODALITIES)
 
+    def check_quality(self, quality: float) -> float:
+        """A coding quality: a trained index 0..Q-1, a fraction between two of them (gains
+        interpolated), or down to QUALITY_MIN below the lowest (gains extrapolated)."""
+        q = float(quality)
+        if not QUALITY_MIN <= q <= self.num_qualities - 1 or (q != int(q) and self.num_qualities < 2):
+            raise ValueError(f"quality must be {QUALITY_MIN:g}..{self.num_qualities - 1} "
+                             f"(integers are the trained points), got {quality}")
+        return q
+
     def _gain(self, m: str, quality, inverse=False) -> torch.Tensor:
         table = (self.log_inv_gain if inverse else self.log_gain)[m]
-        if isinstance(quality, int):
-            if not 0 <= quality < self.num_qualities:
-                raise ValueError(f"quality index must be 0..{self.num_qualities - 1}, got {quality}")
-            return torch.exp(table[quality]).view(1, -1, 1, 1)
-        return torch.exp(table[quality]).view(len(quality), -1, 1, 1)
+        if isinstance(quality, torch.Tensor):    # training: one trained index per sample
+            return torch.exp(table[quality]).view(len(quality), -1, 1, 1)
+        q = self.check_quality(quality)
+        if q == int(q) and q >= 0:
+            return torch.exp(table[int(q)]).view(1, -1, 1, 1)
+        # between (or below) trained points: log-linear in the gains, as continuous-rate
+        # gained codecs do; only the float transforms see it, never the exact entropy path
+        i = min(max(int(math.floor(q)), 0), self.num_qualities - 2)
+        t = q - i
+        return torch.exp(table[i] * (1 - t) + table[i + 1] * t).view(1, -1, 1, 1)
 
     # ---------------------------------------------------------------- training
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor, quality: Union[int, torch.Tensor] = 0):
