@@ -31,18 +31,20 @@ json.dump({"depth_scale_per_m": 1000.0}, open(f"{out}/synthetic/meta.json", "w")
 PY
 
 ANCHORS=(jpeg+png16 jpegxl+jpegxl16-lossy)
+# the four trained points plus two extrapolated below them (quality -1 and -0.5)
+LQ=(--quality learned=-1,-0.5,0,1,2,3)
 # 1. held-out source (never trained on): the shipped joint model, the classical backend, anchors
-"${EVAL[@]}" --data "$DATA/realsense_d435_taeyoung" --limit 8 --weights "$MODELS/lite.pt" \
+"${EVAL[@]}" --data "$DATA/realsense_d435_taeyoung" --limit 8 --weights "$MODELS/lite.pt" "${LQ[@]}" \
     --codec learned classical "${ANCHORS[@]}" --json "$OUT/heldout_d435.json" --plot "$OUT/rd_heldout_d435.png" \
     | tee "$OUT/heldout_d435.txt"
 # 2. synthetic frames (not trained on at all)
-"${EVAL[@]}" --data "$SYN/synthetic" --weights "$MODELS/lite.pt" \
+"${EVAL[@]}" --data "$SYN/synthetic" --weights "$MODELS/lite.pt" "${LQ[@]}" \
     --codec learned "${ANCHORS[@]}" --json "$OUT/synthetic.json" --plot "$OUT/rd_synthetic.png" | tee "$OUT/synthetic.txt"
 # 3. the joint-gain experiment: the separate ablation, same data and budget, same pairs
-"${EVAL[@]}" --data "$DATA/realsense_d435_taeyoung" --limit 8 --weights "$MODELS/lite-separate.pt" \
+"${EVAL[@]}" --data "$DATA/realsense_d435_taeyoung" --limit 8 --weights "$MODELS/lite-separate.pt" "${LQ[@]}" \
     --codec learned --json "$OUT/heldout_d435_separate.json" | tee "$OUT/heldout_d435_separate.txt"
 # 4. training sources (seen in training; near-duplicate frames, so optimistic)
-"${EVAL[@]}" --data "$DATA/7scenes_kinect1" "$DATA/osd_kinect_pcl_mosd" --limit 4 --weights "$MODELS/lite.pt" \
+"${EVAL[@]}" --data "$DATA/7scenes_kinect1" "$DATA/osd_kinect_pcl_mosd" --limit 4 --weights "$MODELS/lite.pt" "${LQ[@]}" \
     --codec learned "${ANCHORS[@]}" --json "$OUT/train_sources.json" | tee "$OUT/train_sources.txt"
 # BD-rate of the joint model against the separate ablation (same pairs)
 "$PY" - "$OUT/heldout_d435.json" "$OUT/heldout_d435_separate.json" <<'PY' | tee "$OUT/joint_vs_separate.txt"
