@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--preset", default="lite")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--csv", required=True)
+    ap.add_argument("--plot", help="PNG: RGB PSNR and total bpp against steps, per variant and quality")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -97,6 +98,31 @@ def main():
                     writer.writerow(row)
                     fh.flush()
                     print(row, flush=True)
+    if args.plot:
+        plot(args.csv, args.plot, args.source)
+
+
+def plot(csv_path: str, png_path: str, source: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    curves = sorted({(r["variant"], r["quality"]) for r in rows})
+    for variant, q in curves:
+        pts = sorted((int(float(r["step"])), r) for r in rows if (r["variant"], r["quality"]) == (variant, q))
+        steps = [s for s, _ in pts]
+        style = "-o" if variant == "joint" else "--s"
+        for ax, key in zip(axes, ("rgb_psnr_db", "bpp_total", "depth_rmse_mm")):
+            ax.plot(steps, [float(r[key]) for _, r in pts], style, label=f"{variant} q{float(q):g}")
+    for ax, title in zip(axes, ("RGB PSNR (dB)", "total bpp", "depth RMSE (mm)")):
+        ax.set_xlabel("training step")
+        ax.set_title(f"{title}, held-out {source}")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
 
 
 if __name__ == "__main__":
