@@ -46,6 +46,15 @@ LQ=(--quality learned=-1,-0.5,0,1,2,3)
 # 4. training sources (seen in training; near-duplicate frames, so optimistic)
 "${EVAL[@]}" --data "$DATA/7scenes_kinect1" "$DATA/osd_kinect_pcl_mosd" --limit 4 --weights "$MODELS/lite.pt" "${LQ[@]}" \
     --codec learned "${ANCHORS[@]}" --json "$OUT/train_sources.json" | tee "$OUT/train_sources.txt"
+# one RD plot of the held-out source with both learned variants and the anchors
+"$PY" - "$OUT/heldout_d435.json" "$OUT/heldout_d435_separate.json" "$OUT/rd_heldout_d435.png" <<'PY'
+import json, sys
+from rgbd_codec_ros.training.evaluate import plot_rd
+joint, separate = (json.load(open(p))["summary"] for p in sys.argv[1:3])
+rows = [dict(r, codec="learned lite (joint)") if r["codec"] == "learned" else r for r in joint]
+rows += [dict(r, codec="learned lite-separate (default)") for r in separate if r["codec"] == "learned"]
+plot_rd(rows, sys.argv[3], "8 held-out pairs: realsense_d435_taeyoung")
+PY
 # BD-rate of the joint model against the separate ablation (same pairs)
 "$PY" - "$OUT/heldout_d435.json" "$OUT/heldout_d435_separate.json" <<'PY' | tee "$OUT/joint_vs_separate.txt"
 import json, sys
