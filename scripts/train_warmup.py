@@ -60,11 +60,11 @@ def main():
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     if args.init_weights and not os.path.exists(ckpt_path):
         finished, meta = load_model(args.init_weights)
-        if meta["variant"] != args.variant or meta["preset"]["name"] != args.preset:
-            sys.exit(f"--init-weights {args.init_weights} is {meta['preset']['name']}/{meta['variant']}, "
-                     f"not {args.preset}/{args.variant}")
         model = build_model(args.preset, args.variant)
-        model.load_trainable_state(finished)
+        try:
+            model.load_trainable_state(finished)
+        except ValueError as exc:
+            sys.exit(f"--init-weights {args.init_weights} ({meta['model_id']}): {exc}")
         print(f"initialised from {meta['model_id']} ({meta.get('steps')} steps)", flush=True)
         step_offset = int(meta.get("steps") or 0)
     else:

@@ -322,7 +322,13 @@ def test_fractional_and_extrapolated_qualities(trained_tiny_weights, data_dir):
     for bad in (-1.5, 3.5, "high"):
         with pytest.raises(CodecError, match="quality must be"):
             backend.configure(quality=bad)
-    # an integral quality codes exactly as the trained index always did
+    # an integral quality uses exactly the trained gains; a fraction lies between two rows
+    model = backend.model
+    for m in ("rgb", "depth"):
+        for q in range(model.num_qualities):
+            assert torch.equal(model._gain(m, q).flatten(), torch.exp(model.log_gain[m][q]))
+        lo, hi, mid = (model._gain(m, q).flatten() for q in (1, 2, 1.5))
+        assert torch.allclose(mid, torch.sqrt(lo * hi))
     a = LearnedBackend(weights=trained_tiny_weights, device="cpu", quality=2)
     b = LearnedBackend(weights=trained_tiny_weights, device="cpu", quality=2.0)
     frame = RGBDFrame(color, depth, scale)

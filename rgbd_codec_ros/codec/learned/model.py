@@ -119,8 +119,9 @@ class RGBDCompressionModel(nn.Module):
         """A coding quality: a trained index 0..Q-1, a fraction between two of them (gains
         interpolated), or down to QUALITY_MIN below the lowest (gains extrapolated)."""
         q = float(quality)
-        if not QUALITY_MIN <= q <= self.num_qualities - 1 or (q != int(q) and self.num_qualities < 2):
-            raise ValueError(f"quality must be {QUALITY_MIN:g}..{self.num_qualities - 1} "
+        lowest = QUALITY_MIN if self.num_qualities > 1 else 0.0   # between points needs two
+        if not lowest <= q <= self.num_qualities - 1:
+            raise ValueError(f"quality must be {lowest:g}..{self.num_qualities - 1} "
                              f"(integers are the trained points), got {quality}")
         return q
 
@@ -129,10 +130,11 @@ class RGBDCompressionModel(nn.Module):
         if isinstance(quality, torch.Tensor):    # training: one trained index per sample
             return torch.exp(table[quality]).view(len(quality), -1, 1, 1)
         q = self.check_quality(quality)
-        if q == int(q) and q >= 0:
-            return torch.exp(table[int(q)]).view(1, -1, 1, 1)
-        # between (or below) trained points: log-linear in the gains, as continuous-rate
-        # gained codecs do; only the float transforms see it, never the exact entropy path
+        if self.num_qualities == 1:
+            return torch.exp(table[0]).view(1, -1, 1, 1)
+        # log-linear in the gains between (or below) trained points, as continuous-rate gained
+        # codecs do; at a trained index t is 0 or 1 and this is that row exactly. Only the float
+        # transforms see the gains, never the exact entropy path.
         i = min(max(int(math.floor(q)), 0), self.num_qualities - 2)
         t = q - i
         return torch.exp(table[i] * (1 - t) + table[i + 1] * t).view(1, -1, 1, 1)
