@@ -26,6 +26,39 @@ class CodecError(ValueError):
     """A payload or an input that cannot be coded; the message says why."""
 
 
+#: Decode limits (README, "Security"). A payload's declared frame size is checked against its
+#: backend's ``max_pixels`` option before any memory is allocated or native code runs; these
+#: are the defaults. Classical decoding is cheap per pixel (3840x2160 covers every RGB-D camera
+#: with depth registered to colour); the learned decoder costs ~1 s per 0.3 MP on 2 CPU cores,
+#: so it defaults to 1920x1088 (a forged frame must not buy a minute of CPU).
+DEFAULT_MAX_PIXELS = 3840 * 2160
+LEARNED_DEFAULT_MAX_PIXELS = 1920 * 1088
+#: no option may raise a limit above this (the containers' own u16 sizes allow 4 G pixels)
+HARD_MAX_PIXELS = 1 << 26
+
+
+def check_max_pixels(value) -> int:
+    """A ``max_pixels`` option value, or CodecError."""
+    if isinstance(value, bool):
+        raise CodecError(f"max_pixels must be an integer, got {value!r}")
+    try:
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CodecError(f"max_pixels must be an integer, got {value!r}") from None
+    if v != value and not isinstance(value, str) or not 1 <= v <= HARD_MAX_PIXELS:
+        raise CodecError(f"max_pixels must be an integer in 1..{HARD_MAX_PIXELS}, got {value!r}")
+    return v
+
+
+def check_frame_size(width: int, height: int, max_pixels: int, what: str = "payload") -> None:
+    """Refuse a declared frame size before decoding: empty, or over the pixel budget."""
+    if width < 1 or height < 1:
+        raise CodecError(f"{what} declares an empty frame {width}x{height}")
+    if width * height > max_pixels:
+        raise CodecError(f"{what} declares a {width}x{height} frame ({width * height} pixels), over "
+                         f"this decoder's limit of {max_pixels} pixels (option/parameter max_pixels)")
+
+
 @dataclass
 class RGBDFrame:
     color: np.ndarray

@@ -32,7 +32,9 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from . import container, rvl
-from .base import CodecBackend, CodecError, EncodedRGBD, RGBDFrame, register_backend
+from .base import (DEFAULT_MAX_PIXELS, CodecBackend, CodecError, EncodedRGBD, RGBDFrame, check_frame_size,
+                   check_max_pixels, register_backend)
+from .stream_sizes import avif_size, jpeg_size, jpegxl_size, webp_size
 from .depth_quant import MAX_REL, MIN_REL, get_quantiser
 
 MAGIC = b"RDCL"
@@ -67,6 +69,8 @@ DEFAULTS: Dict[str, Any] = {
     "png_level": 6,
     "depth_max_error_mm": 1.0,
     "depth_rel_error": 0.002,
+    # decoding: the largest frame a payload may declare (README, "Security")
+    "max_pixels": DEFAULT_MAX_PIXELS,
 }
 
 
@@ -109,57 +113,14 @@ def _encode_color(img: np.ndarray, codec: str, quality: int) -> bytes:
     raise CodecError(f"unknown colour codec {codec!r}")
 
 
-def _jpeg_size(data: bytes) -> Tuple[int, int]:
-    """(width, height) from a JPEG's SOF marker, without decoding it."""
-    if data[:2] != b"\xff\xd8":
-        raise CodecError("colour section is not a JPEG stream")
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise CodecError("colour JPEG stream is corrupted (bad marker)")
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if pos + 9 > len(data):
-                break
-            h = int.from_bytes(data[pos + 5:pos + 7], "big")
-            w = int.from_bytes(data[pos + 7:pos + 9], "big")
-            return w, h
-        pos += 2 + length
-    raise CodecError("colour JPEG stream has no frame header (truncated?)")
-
-
-def _webp_size(data: bytes) -> Tuple[int, int]:
-    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        raise CodecError("colour section is not a WebP stream")
-    chunk = data[12:16]
-    if chunk == b"VP8 ":
-        if data[23:26] != b"\x9d\x01\x2a":
-            raise CodecError("colour WebP stream is corrupted")
-        return (int.from_bytes(data[26:28], "little") & 0x3FFF,
-                int.from_bytes(data[28:30], "little") & 0x3FFF)
-    if chunk == b"VP8L":
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":
-        return (int.from_bytes(data[24:27], "little") + 1,
-                int.from_bytes(data[27:30], "little") + 1)
-    raise CodecError("colour WebP stream has an unknown first chunk")
-
-
 def _decode_color(data: bytes, codec: str, w: int, h: int, mono: bool) -> np.ndarray:
     ic = _imagecodecs()
-    # where the stream states its size cheaply, check it before allocating anything
-    if codec == "jpeg":
-        size = _jpeg_size(data)
-    elif codec == "webp":
-        size = _webp_size(data)
-    else:
-        size = None  # AVIF / JPEG XL: the libraries' own size limits apply
-    if size is not None and size != (w, h):
+    # the size the inner stream states, checked before the library allocates for it
+    readers = {"jpeg": jpeg_size, "webp": webp_size, "avif": avif_size, "jpegxl": jpegxl_size}
+    if codec not in readers:
+        raise CodecError(f"unknown colour codec {codec!r}")
+    size = readers[codec](data)
+    if size != (w, h):
         raise CodecError(f"colour stream is {size[0]}x{size[1]}, the header says {w}x{h}")
     try:
         if codec == "jpeg":
@@ -294,6 +255,7 @@ class ClassicalBackend(CodecBackend):
         if not (rel == 0 or MIN_REL <= rel <= MAX_REL):
             raise CodecError(f"depth_rel_error must be 0 or in [{MIN_REL}, {MAX_REL}], got {rel}")
         new["depth_max_error_mm"], new["depth_rel_error"] = err, rel
+        new["max_pixels"] = check_max_pixels(new["max_pixels"])
         self._opts = new
 
     # ---------------------------------------------------------------- encode
@@ -375,8 +337,7 @@ class ClassicalBackend(CodecBackend):
             raise CodecError("classical payload has a malformed header")
         (w, h, flags, dtype_id, depth_scale, color_id, color_q, fmt, bits, _level, scale,
          max_value, quant, q_abs, q_rel, q_margin) = _HEADER.unpack(header)
-        if w < 1 or h < 1 or w * h > rvl.MAX_PIXELS:
-            raise CodecError(f"classical payload declares an impossible size {w}x{h}")
+        check_frame_size(w, h, min(self._opts["max_pixels"], rvl.MAX_PIXELS), "classical payload")
         if flags & ~_FLAG_MONO:
             raise CodecError(f"classical payload has unknown flags {flags:#x}")
         if dtype_id not in (_DTYPE_U16, _DTYPE_F32):
