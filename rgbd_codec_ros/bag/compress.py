@@ -18,7 +18,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from rgbd_codec_ros import convert
 from rgbd_codec_ros.bag import messages, msgdefs
 from rgbd_codec_ros.bag.storage import (
-    AtomicBagWriter, input_storage, open_reader, resolve_output)
+    AtomicBagWriter, input_storage, iter_messages, open_reader, refuse_input_as_output,
+    resolve_output)
 from rgbd_codec_ros.codec.base import CodecError, create_backend
 from rgbd_codec_ros.sync import StampPairer, stamp_to_ns
 
@@ -166,8 +167,7 @@ def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str],
     out_path, storage, single = resolve_output(out, opts.storage, input_storage(inp)
                                                if inp.exists() else "mcap")
     stats.storage, stats.output = storage, str(out_path)
-    if out_path.resolve() == inp.resolve():
-        raise CodecError("output and input are the same path")
+    refuse_input_as_output(out_path, [inp])
     reader = open_reader(inp)
     try:
         _check_topic(reader, opts.color_topic, msgdefs.IMAGE, "colour")
@@ -186,7 +186,8 @@ def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str],
         dropped = set(opts.exclude) | (consumed if opts.drop_raw else set())
         msgdef, rihs = msgdefs.definition_and_hash(msgdefs.COMPRESSED_RGBD)
 
-        with AtomicBagWriter(out_path, storage=storage, force=opts.force, single_file=single) as bag:
+        with AtomicBagWriter(out_path, storage=storage, force=opts.force, single_file=single,
+                             inputs=(inp,)) as bag:
             origin = {opts.out_topic: {
                 "color_topic": opts.color_topic, "depth_topic": opts.depth_topic,
                 "color_info_topic": opts.color_info_topic or "",
@@ -203,7 +204,7 @@ def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str],
 
             progress = _progress(reader.message_count, opts.progress)
             try:
-                for conn, t, data in reader.messages():
+                for conn, t, data in iter_messages(reader):
                     progress.update(1)
                     topic = conn.topic
                     if conn.id in copy_conns:
@@ -263,7 +264,7 @@ def _write_pair(bag, out_conn, encoder: _Encoder, pair, stats: CompressStats, wa
         stats.skipped += 1
         warn(f"pair at stamp {pair.color_stamp_ns} ns not coded: {exc}; skipped")
         return
-    except Exception as exc:  # noqa: BLE001  (a backend bug: skip the pair, as the node does)
+    except Exception as exc:
         stats.skipped += 1
         warn(f"pair at stamp {pair.color_stamp_ns} ns not coded, {encoder.backend.name} failed: "
              f"{type(exc).__name__}: {exc}; skipped")

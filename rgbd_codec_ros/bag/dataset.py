@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -24,7 +23,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from rgbd_codec_ros.bag import messages, msgdefs
-from rgbd_codec_ros.bag.storage import AtomicBagWriter, check_output, resolve_output
+from rgbd_codec_ros.bag.storage import (
+    AtomicBagWriter, OutputError, check_output, make_partial_dir, replace_output, resolve_output)
 from rgbd_codec_ros.codec.base import CodecError
 
 COLOR_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -158,7 +158,8 @@ def folder_to_bag(folder, out, *, limit: Optional[int] = None, start: int = 0, r
     period = int(round(1e9 / rate_hz))
     rng = np.random.default_rng(12345)
     stamps = []
-    with AtomicBagWriter(out_path, storage=storage, force=force, single_file=single) as bag:
+    with AtomicBagWriter(out_path, storage=storage, force=force, single_file=single,
+                         inputs=(folder,)) as bag:
         conns = {}
         for name, mtype in (("color", msgdefs.IMAGE), ("depth", msgdefs.IMAGE)) + (
                 (("color_info", msgdefs.CAMERA_INFO), ("depth_info", msgdefs.CAMERA_INFO))
@@ -206,18 +207,24 @@ class PairsFolderWriter:
     """Writes decoded pairs as a dataset folder (color/, depth/, meta.json, index.csv).
 
     Built under a temporary name next to the output and renamed into place by
-    ``commit()``; ``discard()`` (or leaving a ``with`` block by an exception)
-    removes it.
+    ``commit()``; ``discard()`` (or leaving a ``with`` block by an exception, or a
+    failing commit) removes it. ``inputs``: what is being read, which the output
+    must not be, hold or lie inside. ``force`` replaces only a folder that an
+    earlier ``bag decompress --images`` wrote. Write failures are OutputError.
     """
 
-    def __init__(self, out, force: bool = False):
+    def __init__(self, out, force: bool = False, inputs=()):
         self.out = Path(out)
         self.force = force
-        check_output(self.out, force)
-        parent = self.out.parent if str(self.out.parent) else Path(".")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
-        (self.tmp / "color").mkdir()
-        (self.tmp / "depth").mkdir()
+        self.inputs = tuple(inputs)
+        check_output(self.out, force, "images", self.inputs)
+        self.tmp = make_partial_dir(self.out)
+        try:
+            (self.tmp / "color").mkdir()
+            (self.tmp / "depth").mkdir()
+        except OSError as exc:
+            self.discard()
+            raise OutputError(self.out, exc) from exc
         self.rows: List[Dict[str, Any]] = []
         self.scales = set()
         #: extra meta.json entries (provenance); depth_scale_per_m and num_pairs are filled in
@@ -230,7 +237,11 @@ class PairsFolderWriter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             if not self.committed:
-                self.commit()
+                try:
+                    self.commit()
+                except BaseException:
+                    self.discard()
+                    raise
         else:
             self.discard()
         return False
@@ -243,40 +254,44 @@ class PairsFolderWriter:
             raise CodecError("depth must be uint16 to be written as PNG")
         cpath = f"color/{pair_id}.png"
         dpath = f"depth/{pair_id}.png"
-        Image.fromarray(color).save(self.tmp / cpath, compress_level=1)
-        Image.fromarray(depth_u16).save(self.tmp / dpath, compress_level=1)
+        try:
+            Image.fromarray(color).save(self.tmp / cpath, compress_level=1)
+            Image.fromarray(depth_u16).save(self.tmp / dpath, compress_level=1)
+        except OSError as exc:
+            raise OutputError(self.out, exc) from exc
         self.scales.add(float(depth_scale_per_m))
         row = {"id": pair_id, "color": cpath, "depth": dpath}
         row.update(extra or {})
         self.rows.append(row)
 
     def commit(self) -> None:
-        if len(self.scales) > 1:
+        try:
+            self._commit()
+        except BaseException:
             self.discard()
+            raise
+
+    def _commit(self) -> None:
+        if len(self.scales) > 1:
             raise CodecError(f"pairs have different depth scales {sorted(self.scales)}; "
                              "a dataset folder has one depth_scale_per_m")
         info = dict(self.meta)
         info["depth_scale_per_m"] = self.scales.pop() if self.scales else 1000.0
         info["num_pairs"] = len(self.rows)
-        (self.tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        fields = list(self.rows[0].keys()) if self.rows else ["id", "color", "depth"]
-        with (self.tmp / "index.csv").open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(self.rows)
-        if self.out.exists() or self.out.is_symlink():
-            if not self.force:
-                self.discard()
-                raise CodecError(f"output {self.out} appeared while writing; not replaced")
-            if self.out.is_dir() and not self.out.is_symlink():
-                shutil.rmtree(self.out)
-            else:
-                self.out.unlink()
-        umask = os.umask(0)
-        os.umask(umask)
-        for d in (self.tmp, self.tmp / "color", self.tmp / "depth"):
-            os.chmod(d, 0o777 & ~umask)     # mkdtemp made it private
-        os.replace(self.tmp, self.out)
+        try:
+            (self.tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            fields = list(self.rows[0].keys()) if self.rows else ["id", "color", "depth"]
+            with (self.tmp / "index.csv").open("w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(self.rows)
+            umask = os.umask(0)
+            os.umask(umask)
+            for d in (self.tmp, self.tmp / "color", self.tmp / "depth"):
+                os.chmod(d, 0o777 & ~umask)     # mkdtemp made it private
+        except OSError as exc:
+            raise OutputError(self.out, exc) from exc
+        replace_output(self.tmp, self.out, self.force, "images", self.inputs)
         self.committed = True
 
     def discard(self) -> None:

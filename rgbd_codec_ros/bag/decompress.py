@@ -18,7 +18,8 @@ from rgbd_codec_ros.bag import messages, msgdefs
 from rgbd_codec_ros.bag.compress import TOPICS_KEY, Warnings, _progress, passthrough_definition
 from rgbd_codec_ros.bag.dataset import PairsFolderWriter
 from rgbd_codec_ros.bag.storage import (
-    AtomicBagWriter, embedded_metadata, input_storage, open_reader, resolve_output)
+    AtomicBagWriter, OutputError, embedded_metadata, input_storage, iter_messages, open_reader,
+    refuse_input_as_output, resolve_output)
 from rgbd_codec_ros.codec.base import CodecError, create_backend
 from rgbd_codec_ros.sync import stamp_to_ns
 
@@ -118,6 +119,41 @@ def _decode(data, backends):
     return msg, frame, color_enc, depth_enc
 
 
+def _why(exc: BaseException) -> str:
+    """A damaged message's reason: the codec's message, or the exception type where unexpected."""
+    if isinstance(exc, ValueError):     # CodecError included
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _restored_records(data, backends, names, latest, img_def, info_def):
+    """Decode one CompressedRGBD message into [(topic, msgtype, definition, CDR bytes)].
+
+    Everything that can fail on a damaged or hostile message happens here, before
+    anything is written; ``latest`` (the calibration carried so far) is updated only
+    when the message decodes."""
+    msg, frame, color_enc, depth_enc = _decode(data, backends)
+    color_arr, depth_arr = convert.frame_to_images(frame, color_enc, depth_enc)
+    out = [
+        (names["color_topic"], msgdefs.IMAGE, img_def, messages.serialize(
+            messages.image(color_arr, color_enc, messages.copy_header(msg.header)), msgdefs.IMAGE)),
+        (names["depth_topic"], msgdefs.IMAGE, img_def, messages.serialize(
+            messages.image(depth_arr, depth_enc, messages.copy_header(msg.depth_header)),
+            msgdefs.IMAGE)),
+    ]
+    now = dict(latest)
+    for which, infos, hdr in (("color", msg.color_camera_info, msg.header),
+                              ("depth", msg.depth_camera_info, msg.depth_header)):
+        if len(infos):
+            now[which] = infos[0]
+        if now[which] is not None:
+            out.append((names[f"{which}_info_topic"], msgdefs.CAMERA_INFO, info_def,
+                        messages.serialize(messages.restamp_camera_info(now[which], hdr),
+                                           msgdefs.CAMERA_INFO)))
+    latest.update(now)
+    return out
+
+
 def decompress_bag(inp, out, opts: DecompressOptions,
                    warn: Optional[Callable[[str], None]] = None) -> DecompressStats:
     warn = warn or Warnings()
@@ -126,6 +162,7 @@ def decompress_bag(inp, out, opts: DecompressOptions,
     out_path, storage, single = resolve_output(out, opts.storage, input_storage(inp)
                                                if inp.exists() else "mcap")
     stats.output = str(out_path)
+    refuse_input_as_output(out_path, [inp])
     reader = open_reader(inp)
     try:
         topic = choose_topic(reader, opts.topic)
@@ -139,7 +176,8 @@ def decompress_bag(inp, out, opts: DecompressOptions,
                              "names (--color-topic/--depth-topic/--color-info-topic/"
                              "--depth-info-topic) or drop them with --exclude")
         backends = _backends(opts)
-        with AtomicBagWriter(out_path, storage=storage, force=opts.force, single_file=single) as bag:
+        with AtomicBagWriter(out_path, storage=storage, force=opts.force, single_file=single,
+                             inputs=(inp,)) as bag:
             copy_conns = {}
             for conn in kept:
                 text, digest = passthrough_definition(conn)
@@ -147,12 +185,12 @@ def decompress_bag(inp, out, opts: DecompressOptions,
                                                          conn.ext.offered_qos_profiles)
             img_def = msgdefs.definition_and_hash(msgdefs.IMAGE)
             info_def = msgdefs.definition_and_hash(msgdefs.CAMERA_INFO)
-            c_conn = bag.add_connection(names["color_topic"], msgdefs.IMAGE, *img_def)
-            d_conn = bag.add_connection(names["depth_topic"], msgdefs.IMAGE, *img_def)
+            bag.add_connection(names["color_topic"], msgdefs.IMAGE, *img_def)
+            bag.add_connection(names["depth_topic"], msgdefs.IMAGE, *img_def)
             latest = {"color": None, "depth": None}
             progress = _progress(reader.message_count, opts.progress)
             try:
-                for conn, t, data in reader.messages():
+                for conn, t, data in iter_messages(reader):
                     progress.update(1)
                     if conn.id in copy_conns:
                         bag.write(copy_conns[conn.id], t, data)
@@ -161,27 +199,16 @@ def decompress_bag(inp, out, opts: DecompressOptions,
                     if conn.topic != topic:
                         continue
                     try:
-                        msg, frame, color_enc, depth_enc = _decode(data, backends)
-                    except (ValueError, CodecError) as exc:
+                        records = _restored_records(data, backends, names, latest, img_def,
+                                                    info_def)
+                    except OutputError:
+                        raise
+                    except Exception as exc:
                         stats.skipped += 1
-                        warn(f"{topic} at t={t}: {exc}; skipped")
+                        warn(f"{topic} at t={t}: {_why(exc)}; skipped")
                         continue
-                    color_arr, depth_arr = convert.frame_to_images(frame, color_enc, depth_enc)
-                    bag.write(c_conn, t, messages.serialize(
-                        messages.image(color_arr, color_enc, messages.copy_header(msg.header)),
-                        msgdefs.IMAGE))
-                    bag.write(d_conn, t, messages.serialize(
-                        messages.image(depth_arr, depth_enc, messages.copy_header(msg.depth_header)),
-                        msgdefs.IMAGE))
-                    for which, infos, hdr in (("color", msg.color_camera_info, msg.header),
-                                              ("depth", msg.depth_camera_info, msg.depth_header)):
-                        if len(infos):
-                            latest[which] = infos[0]
-                        if latest[which] is not None:
-                            info_conn = bag.add_connection(names[f"{which}_info_topic"],
-                                                           msgdefs.CAMERA_INFO, *info_def)
-                            bag.write(info_conn, t, messages.serialize(
-                                messages.restamp_camera_info(latest[which], hdr), msgdefs.CAMERA_INFO))
+                    for rtopic, rtype, rdef, rdata in records:
+                        bag.write(bag.add_connection(rtopic, rtype, *rdef), t, rdata)
                     stats.frames += 1
             finally:
                 progress.close()
@@ -196,6 +223,7 @@ def decompress_to_images(inp, out_dir, opts: DecompressOptions,
     """Decode a CompressedRGBD topic into a dataset folder named by colour stamps (ns)."""
     warn = warn or Warnings()
     stats = DecompressStats(output=str(out_dir))
+    refuse_input_as_output(out_dir, [inp])
     reader = open_reader(inp)
     try:
         topic = choose_topic(reader, opts.topic)
@@ -203,23 +231,24 @@ def decompress_to_images(inp, out_dir, opts: DecompressOptions,
         conns = [c for c in reader.connections if c.topic == topic]
         used_ids = set()
         codecs, intrinsics = set(), None
-        with PairsFolderWriter(out_dir, force=opts.force) as folder:
+        with PairsFolderWriter(out_dir, force=opts.force, inputs=(inp,)) as folder:
             progress = _progress(sum(c.msgcount for c in conns), opts.progress)
             try:
-                for conn, t, data in reader.messages(connections=conns):
+                for conn, t, data in iter_messages(reader, conns):
                     progress.update(1)
                     try:
                         msg, frame, color_enc, depth_enc = _decode(data, backends)
-                    except (ValueError, CodecError) as exc:
+                        if depth_enc == "16UC1":
+                            depth, scale = frame.depth, float(frame.depth_scale_per_m)
+                        else:   # float metres -> integer units for a 16-bit PNG
+                            scale = float(opts.depth_scale_per_m)
+                            depth = convert.depth_from_codec(frame.depth, "16UC1", scale)
+                        c_ns = stamp_to_ns(msg.header.stamp)
+                        d_ns = stamp_to_ns(msg.depth_header.stamp)
+                    except Exception as exc:
                         stats.skipped += 1
-                        warn(f"{topic} at t={t}: {exc}; skipped")
+                        warn(f"{topic} at t={t}: {_why(exc)}; skipped")
                         continue
-                    if depth_enc == "16UC1":
-                        depth, scale = frame.depth, float(frame.depth_scale_per_m)
-                    else:   # float metres -> integer units for a 16-bit PNG
-                        scale = float(opts.depth_scale_per_m)
-                        depth = convert.depth_from_codec(frame.depth, "16UC1", scale)
-                    c_ns, d_ns = stamp_to_ns(msg.header.stamp), stamp_to_ns(msg.depth_header.stamp)
                     pair_id = f"{c_ns:019d}"
                     n = 1
                     while pair_id in used_ids:

@@ -20,7 +20,8 @@ from typing import Any, Dict
 import numpy as np
 
 from rgbd_codec_ros.bag import messages, msgdefs
-from rgbd_codec_ros.bag.storage import bag_bytes, input_storage, open_reader, stored_type_hashes
+from rgbd_codec_ros.bag.storage import (
+    bag_bytes, input_storage, iter_messages, open_reader, stored_type_hashes)
 from rgbd_codec_ros.sync import stamp_to_ns
 
 _BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "16UC1": 2, "32FC1": 4}
@@ -31,7 +32,7 @@ def _compressed_stats(reader, conns) -> Dict[str, Any]:
     codecs = collections.Counter()
     unreadable = 0
     shapes = collections.Counter()
-    for _, _, data in reader.messages(connections=conns):
+    for _, _, data in iter_messages(reader, conns):
         try:
             msg = messages.deserialize(data, msgdefs.COMPRESSED_RGBD)
             c_bpp = _BYTES_PER_PIXEL[msg.color_encoding]

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Callable, Dict, Optional, Sequence
 
 from rgbd_codec_ros.bag import msgdefs
-from rgbd_codec_ros.bag.storage import AtomicBagWriter, open_reader, resolve_output
+from rgbd_codec_ros.bag.storage import AtomicBagWriter, iter_messages, open_reader, resolve_output
 from rgbd_codec_ros.codec.base import CodecError
 
 
@@ -219,7 +219,7 @@ def play(inp, *, topics: Optional[Sequence[str]] = None, rate: float = 1.0,
                     executor.spin_once(timeout_sec=0.05)
             log(f"playing {sum(c.msgcount for c in conns)} messages from {inp}")
             t0 = wall0 = None
-            for conn, t, data in reader.messages(connections=conns):
+            for conn, t, data in iter_messages(reader, conns):
                 if t0 is None:
                     t0, wall0 = t, time.monotonic()
                 if rate > 0:

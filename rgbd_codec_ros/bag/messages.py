@@ -26,7 +26,7 @@ def deserialize(data, msgtype: str) -> Any:
     """CDR bytes -> rosbags object; any failure of a damaged message becomes a ValueError."""
     try:
         return msgdefs.typestore().deserialize_cdr(data, msgtype)
-    except Exception as exc:  # noqa: BLE001 (a truncated buffer fails in many ways)
+    except Exception as exc:
         raise ValueError(f"cannot deserialize {msgtype} ({len(data)} bytes): "
                          f"{type(exc).__name__}: {exc}") from exc
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
+import sqlite3
 import sys
+import threading
+from contextlib import contextmanager
 
 from rgbd_codec_ros.codec.base import CodecError
 
@@ -61,6 +66,30 @@ def _positive_float(text: str) -> float:
     if v == 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return v
+
+
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+
+
+def _byte_size(text: str) -> int:
+    """A byte count: a whole number with an optional K / M / G (binary) suffix, e.g. 512M."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 268435456, 256M or 1G, got {text!r}")
+    v = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 byte, got {text!r}")
+    return v
+
+
+def _add_limit_args(p):
+    from rgbd_codec_ros.bag.storage import DEFAULT_MAX_CHUNK_BYTES
+
+    p.add_argument("--max-chunk-bytes", type=_byte_size, default=DEFAULT_MAX_CHUNK_BYTES,
+                   metavar="SIZE",
+                   help="refuse a bag whose .mcap chunks (or .db3 messages) would need more than "
+                        "this much memory decompressed, alone or overlapping (default: 256M; "
+                        "K/M/G suffixes). Raise it only for bags you trust.")
 
 
 def _add_output_args(p, what="bag"):
@@ -119,6 +148,7 @@ def add_parsers(subparsers) -> None:
                    help="fail (write nothing) if any message cannot be read or coded")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_output_args(p)
+    _add_limit_args(p)
     p.set_defaults(func=_cmd_compress)
 
     # ------------------------------------------------------------------ decompress
@@ -149,6 +179,7 @@ def add_parsers(subparsers) -> None:
                    help="fail (write nothing) if any message cannot be decoded")
     p.add_argument("--no-progress", action="store_true")
     _add_output_args(p, "bag or folder")
+    _add_limit_args(p)
     p.set_defaults(func=_cmd_decompress)
 
     # ------------------------------------------------------------------ info
@@ -156,6 +187,7 @@ def add_parsers(subparsers) -> None:
                                     "CompressedRGBD topics")
     p.add_argument("input", metavar="IN")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_limit_args(p)
     p.set_defaults(func=_cmd_info)
 
     # ------------------------------------------------------------------ record
@@ -188,6 +220,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                    help="wait until each topic has N subscribers before playing")
     p.add_argument("--discovery-timeout", type=_positive_float, default=10.0)
+    _add_limit_args(p)
     p.set_defaults(func=_cmd_play)
 
     # ------------------------------------------------------------------ from-images
@@ -216,17 +249,45 @@ def add_parsers(subparsers) -> None:
 
 # ---------------------------------------------------------------------- commands
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends a run like Ctrl-C: the temporary output is removed, nothing is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _guard(fn):
-    """Turn library errors of rosbags / mcap into CodecError (a message, exit code 2)."""
+    """Run a bag command under the reading limits, with SIGTERM as Ctrl-C, and turn library
+    and system errors (rosbags, sqlite, OSError, MemoryError) into one-line CodecErrors
+    (exit code 2). Failures to write an output already say ``cannot write OUT: reason``."""
     def run(args):
         from rosbags.rosbag2.errors import ReaderError, WriterError
 
+        from rgbd_codec_ros.bag.storage import set_max_chunk_bytes
+
+        set_max_chunk_bytes(getattr(args, "max_chunk_bytes", None))
         try:
-            return fn(args)
-        except (ReaderError, WriterError) as exc:
+            if args.bag_command in ("record", "play"):    # they handle SIGTERM themselves
+                return fn(args)
+            with _sigterm_as_interrupt():
+                return fn(args)
+        except (ReaderError, WriterError, sqlite3.Error) as exc:
             raise CodecError(str(exc)) from exc
-        except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
-            raise CodecError(str(exc)) from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise CodecError(f"{where}{exc.strerror or exc}") from exc
+        except MemoryError as exc:
+            raise CodecError(f"out of memory ({exc or 'MemoryError'})") from exc
     return run
 
 
