@@ -1,7 +1,10 @@
 """Helpers shared by the nodes: parameters, QoS, headers, diagnostics, the main loop."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import tempfile
 import traceback
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
@@ -97,6 +100,74 @@ class RefusalLog:
         self._logger.warning(reason)
 
 
+class NativeOutput:
+    """What native code (libavif, dav1d, ...) writes to the process's stderr while a call runs.
+
+    Codec libraries print their complaints about a damaged stream straight to file
+    descriptor 2, past the node's logger and its throttle. Inside ``capture()`` that
+    descriptor points at a scratch file; afterwards ``text`` holds what was written there, for
+    the node's own (throttled) log line. Costs a few system calls per call. If stderr cannot
+    be redirected, nothing is captured and output goes where it always went.
+    """
+
+    def __init__(self, limit: int = 2000):
+        self.limit = limit
+        self.text = ""
+        self._fd: Optional[int] = None
+        try:
+            fd, path = tempfile.mkstemp(prefix="rgbd_codec_stderr_")
+            os.unlink(path)
+            self._fd = fd
+        except OSError:
+            pass
+
+    @contextlib.contextmanager
+    def capture(self):
+        self.text = ""
+        saved = None
+        if self._fd is not None:
+            try:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                os.dup2(self._fd, 2)
+            except (OSError, ValueError, AttributeError):
+                if saved is not None:
+                    os.close(saved)
+                saved = None
+        try:
+            yield self
+        finally:
+            if saved is not None:
+                try:
+                    sys.stderr.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+                os.dup2(saved, 2)
+                os.close(saved)
+                self.text = self._drain()
+
+    def _drain(self) -> str:
+        size = os.lseek(self._fd, 0, os.SEEK_END)
+        if not size:
+            return ""
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        data = os.read(self._fd, min(size, self.limit))
+        os.ftruncate(self._fd, 0)
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        return data.decode("utf-8", errors="replace")
+
+    def summary(self) -> str:
+        """The captured text as one line ('' if none)."""
+        lines = [line.strip() for line in self.text.splitlines() if line.strip()]
+        text = "; ".join(dict.fromkeys(lines))  # repeated lines once
+        return text if len(text) <= 300 else text[:297] + "..."
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 # ------------------------------------------------------------------ QoS
 
 
@@ -167,7 +238,7 @@ def run_node(factory: Callable[[], Node], args: Optional[Sequence[str]] = None) 
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if _is_parameter_error(exc):
             print(f"error: {exc}", file=sys.stderr)
         elif rclpy.ok():
@@ -195,7 +266,7 @@ def _spin(node: Node) -> int:
                 break
             except SystemExit as exc:  # a node that finished its work (the player) ends the loop so
                 return exc.code if isinstance(exc.code, int) else 0
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not rclpy.ok():  # shutting down: callbacks racing the signal handler
                     break
                 failures += 1
