@@ -1,14 +1,24 @@
 #!/usr/bin/env python3
-"""Learned-codec cost per preset: parameters, MACs per pixel, encode/decode time at 640x480,
-and where the time goes (transforms, entropy-parameter path, rANS).
+"""Learned-codec speed: encode/decode ms and frames per second per transform runtime, thread
+count and frame size, with the stages (transforms, entropy parameters, rANS, masks), idle and
+with a busy process on one core (``--load``).
 
-    python benchmarks/bench_learned.py [--presets tiny,lite,paper] [--device cpu|cuda] [--repeat 3]
+    python benchmarks/bench_learned.py [--weights lite] [--runtimes torch,onnxruntime]
+        [--threads 1,2] [--sizes 640x480,320x240] [--kernels auto,reference] [--load]
+        [--repeat 3] [--device cpu|cuda] [--fast-synthesis]
+    python benchmarks/bench_learned.py --presets tiny,lite,paper    # parameters, MACs, untrained presets
 
-Speed depends on weights only through the rANS symbol counts, so untrained (frozen)
-models of each preset are timed unless --weights gives a trained one.
+Frames: real pairs of three sensors (640x480; 320x240 is every other pixel of them). Figures
+are medians over ``--repeat`` rounds after one warm-up round. ``--kernels reference`` times the
+exact entropy path with the float64 ``F.conv2d`` it used before (exact_conv.py). ``--load``
+starts one busy-looping process for the whole run: it says how the codec behaves when
+something else keeps a core busy, as on a robot. Nothing here is asserted; it prints.
+Set OMP_WAIT_POLICY=PASSIVE (scripts/run_tests.sh does): torch's OpenMP threads otherwise spin,
+which made the exact path 10x slower under load on the 2-core machine.
 """
 import argparse
 import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -17,12 +27,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rgbd_codec_ros.codec.base import RGBDFrame  # noqa: E402
-from rgbd_codec_ros.codec.learned import model as model_mod  # noqa: E402
-from rgbd_codec_ros.codec.learned.backend import LearnedBackend  # noqa: E402
-from rgbd_codec_ros.codec.learned.model import build_model, load_model  # noqa: E402
+from rgbd_codec_ros.codec.base import RGBDFrame
+from rgbd_codec_ros.codec.learned import backend as backend_mod
+from rgbd_codec_ros.codec.learned.backend import LearnedBackend, resolve_weights
+from rgbd_codec_ros.codec.learned.exact_conv import exact_kernel
+from rgbd_codec_ros.codec.learned.model import build_model, load_model
+from rgbd_codec_ros.codec.learned.runtime import onnxruntime_available
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "rgbd")
+if not os.path.isdir(DATA):
+    DATA = "/work/shared/data/rgbd"
 
 
 def count_macs(model, h=512, w=640):
@@ -45,18 +59,28 @@ def count_macs(model, h=512, w=640):
 
 
 class Timers:
-    """Wall time per phase, gathered by wrapping the model's phase methods."""
+    """Wall time per stage and direction, gathered by wrapping the model's and backend's phases.
+
+    Stages: transforms (g_a / g_s), entropy parameters (the exact path, without the rANS
+    decoding it drives), rANS (z and y streams), masks (hole filling, hole / far masks, far depth).
+    """
 
     def __init__(self, model, device):
         self.t = defaultdict(float)
         self.device = device
-        for name, phase in (("_analyse", "transforms"), ("_synthesise", "transforms"),
-                            ("_entropy_path", "entropy parameters"), ("_encode_y", "rANS"),
-                            ("_encode_z", "rANS"), ("_decode_z", "rANS")):
-            self._wrap(model, name, phase)
+        self.direction = "enc"
+        self._nested = 0.0
+        for name, stage in (("_run_g_a", "transforms"), ("_synthesise", "transforms"),
+                            ("_entropy_path", "entropy"), ("_encode_y", "rANS"), ("_encode_z", "rANS"),
+                            ("_decode_z", "rANS"), ("_decode_y_step", "rANS")):
+            self._wrap(model, name, stage, nested=name == "_decode_y_step")
+        for name in ("encode_mask", "decode_mask", "fill_holes", "encode_far_depth", "decode_far_depth"):
+            self._wrap(backend_mod, name, "masks")
 
-    def _wrap(self, model, name, phase):
-        fn = getattr(model, name)
+    def _wrap(self, owner, name, stage, nested=False):
+        fn = getattr(owner, name)
+        if getattr(fn, "_bench_wrapped", False):
+            fn = fn._bench_inner
 
         def timed(*a, **k):
             if self.device == "cuda":
@@ -65,9 +89,14 @@ class Timers:
             out = fn(*a, **k)
             if self.device == "cuda":
                 torch.cuda.synchronize()
-            self.t[phase] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            self.t[(self.direction, stage)] += dt
+            if nested:       # y decoding runs inside the entropy path: count it once, as rANS
+                self.t[(self.direction, "entropy")] -= dt
             return out
-        setattr(model, name, timed)
+        timed._bench_wrapped = True
+        timed._bench_inner = fn
+        setattr(owner, name, timed)
 
 
 def load_frames(n=3):
@@ -84,54 +113,147 @@ def load_frames(n=3):
     return out[:n]
 
 
+def resize(frame, size):
+    w, h = size
+    if (frame.width, frame.height) == (w, h):
+        return frame
+    sy, sx = frame.height // h, frame.width // w
+    return RGBDFrame(np.ascontiguousarray(frame.color[::sy, ::sx][:h, :w]),
+                     np.ascontiguousarray(frame.depth[::sy, ::sx][:h, :w]), frame.depth_scale_per_m)
+
+
+def busy_process():
+    """One process that keeps a core busy until it is stopped (or this process ends)."""
+    code = f"import os\nwhile os.getppid() == {os.getpid()}: pass"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+class Config:
+    """Timings of one (runtime, exact kernel) configuration at one size and thread count."""
+
+    def __init__(self, backend, kernel):
+        self.backend, self.kernel = backend, kernel
+        self.enc, self.dec, self.sizes, self.rounds = [], [], [], []
+
+
+def run_round(cfg, model, timers, frames, record):
+    timers.t.clear()
+    with exact_kernel(cfg.kernel):
+        for f in frames:
+            timers.direction = "enc"
+            t0 = time.perf_counter()
+            e = cfg.backend.encode(f)
+            t1 = time.perf_counter()
+            timers.direction = "dec"
+            cfg.backend.decode(e.payload)
+            t2 = time.perf_counter()
+            if record:
+                cfg.enc.append(t1 - t0)
+                cfg.dec.append(t2 - t1)
+                cfg.sizes.append(len(e.payload))
+    if record:
+        cfg.rounds.append({k: v / len(frames) for k, v in timers.t.items()})
+
+
+def summary(cfg):
+    stages = {k: float(np.median([s.get(k, 0.0) for s in cfg.rounds])) for k in cfg.rounds[0]}
+    return 1e3 * np.median(cfg.enc), 1e3 * np.median(cfg.dec), stages, int(np.mean(cfg.sizes))
+
+
+def time_configs(configs, model, frames, repeat, device):
+    """Every configuration once per round, interleaved, so that a change in the machine's load
+    hits all of them alike; round 0 warms up (sessions, caches)."""
+    timers = Timers(model, device)
+    for r in range(repeat + 1):
+        for cfg in configs:
+            run_round(cfg, model, timers, frames, record=r > 0)
+    return [summary(c) for c in configs]
+
+
+def speed_matrix(args):
+    path = resolve_weights(args.weights)
+    model, meta = load_model(path, args.device)
+    frames640 = load_frames()
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    runtimes = [r for r in args.runtimes.split(",") if r]
+    if "onnxruntime" in runtimes and (not onnxruntime_available() or args.device != "cpu"):
+        print("(onnxruntime skipped: not installed, or not a CPU run)")
+        runtimes.remove("onnxruntime")
+    dev_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    load = busy_process() if args.load else None
+    try:
+        print(f"model {meta['model_id']}; device {dev_name}; load: "
+              f"{'one busy-looping process' if load else 'none started by this run'}; "
+              f"pixel_exact={not args.fast_synthesis}; median of {args.repeat} interleaved rounds x "
+              f"{len(frames640)} real pairs")
+        print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
+              f"1-min load average at start {os.getloadavg()[0]:.2f}\n")
+        cols = ("size", "runtime", "threads", "exact kernel", "encode ms", "decode ms", "enc fps", "dec fps",
+                "g_a", "g_s", "entropy enc", "entropy dec", "rANS enc", "rANS dec", "masks enc+dec", "bytes")
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+        for size in sizes:
+            frames = [resize(f, size) for f in frames640]
+            for threads in [int(t) for t in args.threads.split(",")]:
+                torch.set_num_threads(threads)
+                configs = []
+                for runtime in runtimes:
+                    backend = LearnedBackend(model=model, model_id=meta["model_id"], device=args.device,
+                                             quality=1, runtime=runtime, pixel_exact=not args.fast_synthesis)
+                    configs += [Config(backend, kernel) for kernel in args.kernels.split(",")]
+                for cfg, (enc, dec, st, nbytes) in zip(configs, time_configs(configs, model, frames, args.repeat,
+                                                                            args.device)):
+                    def ms(key):
+                        return f"{1e3 * st.get(key, 0.0):.0f}"
+                    masks = 1e3 * (st.get(("enc", "masks"), 0.0) + st.get(("dec", "masks"), 0.0))
+                    print(f"| {size[0]}x{size[1]} | {cfg.backend._runtime} | {threads} | {cfg.kernel} | {enc:.0f} | "
+                          f"{dec:.0f} | {1e3 / enc:.1f} | {1e3 / dec:.1f} | {ms(('enc', 'transforms'))} | "
+                          f"{ms(('dec', 'transforms'))} | {ms(('enc', 'entropy'))} | {ms(('dec', 'entropy'))} | "
+                          f"{ms(('enc', 'rANS'))} | {ms(('dec', 'rANS'))} | {masks:.0f} | {nbytes} |", flush=True)
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
+    print("\nStage columns are ms per frame: g_a (encode transforms), g_s (decode transforms), the exact "
+          "entropy-parameter path without rANS, rANS (z and y streams), masks (hole filling, hole/far "
+          "masks, far depth). The rest of encode/decode is padding, conversion and the container.")
+
+
+def presets_table(args):
+    torch.set_num_threads(int(args.threads.split(",")[-1]))
+    frames = load_frames()
+    print(f"untrained presets; {torch.get_num_threads()} threads; median of {args.repeat} rounds\n")
+    print("| model | params (M) | MAC/pixel (k) | encode ms | decode ms | bytes/frame |")
+    print("|---|---|---|---|---|---|")
+    for what in args.presets.split(","):
+        torch.manual_seed(0)
+        model = build_model(what).eval()
+        model.freeze()
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        macs = count_macs(build_model(what)) / 1e3
+        model = model.to(args.device)
+        backend = LearnedBackend(model=model, model_id=what, device=args.device, quality=1, runtime="torch")
+        enc, dec, _, nbytes = time_configs([Config(backend, "auto")], model, frames, args.repeat, args.device)[0]
+        print(f"| {what} | {params:.1f} | {macs:.0f} | {enc:.0f} | {dec:.0f} | {nbytes} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="tiny,lite,paper")
-    ap.add_argument("--weights", default=None, help="time this trained model instead of untrained presets")
+    ap.add_argument("--weights", default="lite", help="weights file or shipped name (default lite)")
+    ap.add_argument("--presets", default=None, help="time untrained presets instead (tiny,lite,paper)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtimes", default="torch,onnxruntime")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--sizes", default="640x480,320x240")
+    ap.add_argument("--kernels", default="auto", help="exact entropy-path kernels: auto,reference")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--load", action="store_true", help="keep one core busy with another process meanwhile")
+    ap.add_argument("--fast-synthesis", action="store_true", help="pixel_exact=false (multi-threaded g_s)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    frames = load_frames()
-    dev_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {args.threads} threads"
-    print(f"device: {dev_name}; 640x480 real pairs (padded to 640x512); median of {args.repeat} runs\n")
-    print("| model | params (M) | MAC/pixel (k) | encode ms | decode ms | transforms | entropy params | rANS | bytes/frame |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    jobs = [("weights", args.weights)] if args.weights else [("preset", p) for p in args.presets.split(",")]
-    for kind, what in jobs:
-        if kind == "weights":
-            model, meta = load_model(what, args.device)
-            name, mid = meta["model_id"], meta["model_id"]
-        else:
-            torch.manual_seed(0)
-            model = build_model(what).eval()
-            model.freeze()
-            name, mid = what, what
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        macs = count_macs(build_model(model.preset.name)) / 1e3
-        model = model.to(args.device)
-        backend = LearnedBackend(model=model, model_id=mid, device=args.device, quality=1)
-        timers = Timers(model, args.device)
-        enc_t, dec_t, sizes = [], [], []
-        for r in range(args.repeat):
-            for f in frames:
-                t0 = time.perf_counter()
-                e = backend.encode(f)
-                t1 = time.perf_counter()
-                backend.decode(e.payload)
-                t2 = time.perf_counter()
-                if r > 0 or args.repeat == 1:   # first round warms up
-                    enc_t.append(t1 - t0)
-                    dec_t.append(t2 - t1)
-                    sizes.append(len(e.payload))
-        total = sum(timers.t.values())
-        share = {k: f"{100 * v / total:.0f}%" for k, v in timers.t.items()}
-        print(f"| {name} | {params:.1f} | {macs:.0f} | {1e3 * np.median(enc_t):.0f} | {1e3 * np.median(dec_t):.0f} | "
-              f"{share.get('transforms', '-')} | {share.get('entropy parameters', '-')} | {share.get('rANS', '-')} | "
-              f"{int(np.mean(sizes))} |", flush=True)
-    print("\nShares are of the summed encode+decode time spent in each phase (the rest is "
-          "pre/post-processing: hole filling, masks, container).")
+    if args.presets:
+        presets_table(args)
+    else:
+        speed_matrix(args)
 
 
 if __name__ == "__main__":

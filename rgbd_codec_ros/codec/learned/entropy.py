@@ -26,7 +26,8 @@ SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
 
 
 def scale_table() -> torch.Tensor:
-    return torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS))
+    # always on the CPU: the table is data, also when a model skeleton is built on the meta device
+    return torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS, device="cpu"))
 
 
 def checkerboard(height: int, width: int, which: str, device=None) -> torch.Tensor:

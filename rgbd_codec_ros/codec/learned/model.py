@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -170,9 +168,25 @@ class RGBDCompressionModel(nn.Module):
         if not self.frozen:
             raise RuntimeError("call model.freeze() (or load exported weights) before coding")
 
+    # ---------------------------------------------------------------- transform runtime
+    @property
+    def transform_runtime(self):
+        """The runtime that runs g_a / g_s at coding time (runtime.py), None = the torch modules."""
+        return self.__dict__.get("_transform_runtime")
+
+    @transform_runtime.setter
+    def transform_runtime(self, rt) -> None:
+        self.__dict__["_transform_runtime"] = rt
+
+    def _run_g_a(self, rgb, depth):
+        rt = self.transform_runtime
+        if rt is not None and rgb.device.type == "cpu":
+            return rt.g_a(rgb, depth)
+        return self.g_a(rgb, depth)
+
     @torch.no_grad()
     def _analyse(self, rgb, depth, quality: int):
-        y_r, y_d = self.g_a(rgb, depth)
+        y_r, y_d = self._run_g_a(rgb, depth)
         y = {"rgb": y_r * self._gain("rgb", quality), "depth": y_d * self._gain("depth", quality)}
         z_sym, z_fixed = {}, {}
         for m in MODALITIES:
@@ -184,8 +198,12 @@ class RGBDCompressionModel(nn.Module):
         dtype = next(self.g_s.parameters()).dtype
         y_r = (y_fixed["rgb"] / ONE).to(dtype) * self._gain("rgb", quality, True)
         y_d = (y_fixed["depth"] / ONE).to(dtype) * self._gain("depth", quality, True)
-        with _synthesis_threads(y_r.device, self.deterministic_synthesis):
-            x_r, x_d = self.g_s(y_r, y_d)
+        rt = self.transform_runtime
+        if rt is not None and y_r.device.type == "cpu":
+            x_r, x_d = rt.g_s(y_r, y_d, pixel_exact=self.deterministic_synthesis)
+        else:
+            with _synthesis_threads(y_r.device, self.deterministic_synthesis):
+                x_r, x_d = self.g_s(y_r, y_d)
         return x_r.clamp(0, 1), x_d.clamp(0, 1)
 
     @torch.no_grad()
@@ -230,15 +248,15 @@ class RGBDCompressionModel(nn.Module):
         shape = (1, self.preset.N) + tuple(z_shape)
         z_fixed = {m: self.z[m].dequantize(self._decode_z(m, streams["z_" + m], shape)).to(device)
                    for m in MODALITIES}
+        y_symbols = self.preset.M * (z_shape[0] * 4) * (z_shape[1] * 4)
         decoders = {}
         for m in MODALITIES:
             decoders[m] = RansDecoder()
-            decoders[m].set_stream(streams["y_" + m])
-        cdf, lengths, offsets = self._gaussian_tables()
+            decoders[m].set_stream(rans_guard(streams["y_" + m], y_symbols))
+        tables = self._gaussian_tables()
 
         def decode_symbols(m, idx):
-            out = decoders[m].decode_stream(idx.cpu().tolist(), cdf, lengths, offsets)
-            return torch.tensor(out, dtype=torch.float64)
+            return self._decode_y_step(decoders[m], idx, tables)
 
         coder = ExactCoder(self.bicee, decode_symbols=decode_symbols)
         y_fixed = self._entropy_path(z_fixed, coder)
@@ -248,28 +266,74 @@ class RGBDCompressionModel(nn.Module):
         return self._synthesise(y_fixed, quality)
 
     # ---------------------------------------------------------------- rANS
+    def _tables(self, name: str, tensors) -> Tuple[list, list, list]:
+        """Coder tables as the Python lists compressai's rANS coder takes, converted once.
+
+        ``.tolist()`` of the Gaussian tables costs about 1.5 ms a call, 20 calls a frame
+        before; the lists are kept until a table tensor changes (another freeze, a load).
+        """
+        cache = self.__dict__.setdefault("_rans_tables", {})
+        hit = cache.get(name)
+        # the cache holds the tensors themselves, so "same object, same version" cannot be fooled
+        # by a new buffer at a freed one's address
+        if hit is None or len(hit[0]) != len(tensors) or any(
+                a is not t or v != t._version for (a, v), t in zip(hit[0], tensors)):
+            hit = cache[name] = (tuple((t, t._version) for t in tensors), tuple(t.tolist() for t in tensors))
+        return hit[1]
+
     def _gaussian_tables(self):
         gc = self.bicee.gaussian
-        return gc._quantized_cdf.tolist(), gc._cdf_length.tolist(), gc._offset.tolist()
+        return self._tables("y", (gc._quantized_cdf, gc._cdf_length, gc._offset))
+
+    def _z_tables(self, m: str):
+        eb = self.z[m].bottleneck
+        return self._tables("z_" + m, (eb._quantized_cdf, eb._cdf_length, eb._offset))
 
     def _encode_y(self, symbols: List[torch.Tensor], indexes: List[torch.Tensor]) -> bytes:
+        """All steps in coding order through one call: the buffered encoder only queues symbols
+        until ``flush``, so this is the stream that one call per step gave, at one table
+        conversion instead of twenty."""
         enc = BufferedRansEncoder()
-        cdf, lengths, offsets = self._gaussian_tables()
-        for s, i in zip(symbols, indexes):   # coding order = order of the steps
-            enc.encode_with_indexes(s.cpu().int().tolist(), i.cpu().int().tolist(), cdf, lengths, offsets)
+        if symbols:
+            s = torch.cat([t.reshape(-1) for t in symbols]).cpu().int().tolist()
+            idx = torch.cat([t.reshape(-1) for t in indexes]).cpu()
+            cdf, lengths, offsets = self._gaussian_tables()
+            used, local = torch.unique(idx, return_inverse=True)   # only the rows in use (see _decode_y_step)
+            rows = used.tolist()
+            enc.encode_with_indexes(s, local.int().tolist(), [cdf[r] for r in rows], [lengths[r] for r in rows],
+                                    [offsets[r] for r in rows])
         return enc.flush()
+
+    @staticmethod
+    def _decode_y_step(decoder, idx: torch.Tensor, tables) -> torch.Tensor:
+        """One coding step's y symbols from a y stream (a method so benchmarks can time rANS).
+
+        compressai converts every table row it is given on every call (about 1.5 ms for all 64
+        rows); a step uses a subset of the scale indexes, so only those rows are passed, with the
+        indexes renumbered. The decoder reads row ``idx`` of what it gets, so it decodes the same
+        symbols from the same stream.
+        """
+        idx = idx.cpu()
+        cdf, lengths, offsets = tables
+        used, local = torch.unique(idx, return_inverse=True)
+        if len(used) < len(cdf):
+            rows = used.tolist()
+            tables = ([cdf[i] for i in rows], [lengths[i] for i in rows], [offsets[i] for i in rows])
+            idx = local
+        return torch.tensor(decoder.decode_stream(idx.tolist(), *tables), dtype=torch.float64)
 
     def _encode_z(self, m: str, q: torch.Tensor) -> bytes:
         enc = BufferedRansEncoder()
         idx = self.z[m].channel_indexes(q.shape)
         enc.encode_with_indexes(q.cpu().int().flatten().tolist(), idx.flatten().int().tolist(),
-                                *self.z[m].tables())
+                                *self._z_tables(m))
         return enc.flush()
 
     def _decode_z(self, m: str, data: bytes, shape) -> torch.Tensor:
         dec = RansDecoder()
         idx = self.z[m].channel_indexes(shape)
-        out = dec.decode_with_indexes(data, idx.flatten().int().tolist(), *self.z[m].tables())
+        n = int(torch.tensor(shape).prod())
+        out = dec.decode_with_indexes(rans_guard(data, n), idx.flatten().int().tolist(), *self._z_tables(m))
         return torch.tensor(out, dtype=torch.float64).view(shape)
 
     # ---------------------------------------------------------------- weights
@@ -280,8 +344,12 @@ class RGBDCompressionModel(nn.Module):
         derives them again from the trained floats.
         """
         own = self.state_dict()
-        state = {k: v for k, v in finished.state_dict().items() if k in own and own[k].shape == v.shape}
-        missing = [k for k in own if k not in state and k.rsplit(".", 1)[-1] not in _FROZEN_ONLY]
+        # lower bounds are constants of the architecture; files exported before format 2 hold
+        # them in fp16, where 1e-9 is 0
+        state = {k: v for k, v in finished.state_dict().items()
+                 if k in own and own[k].shape == v.shape and not _is_constant(k)}
+        missing = [k for k in own if k not in state and k.rsplit(".", 1)[-1] not in _FROZEN_ONLY
+                   and not _is_constant(k)]
         if missing or finished.preset != self.preset or finished.variant != self.variant:
             raise ValueError(f"weights do not match {self.preset.name}/{self.variant}: {missing[:3]}")
         self.load_state_dict(state, strict=False)
@@ -293,9 +361,25 @@ class RGBDCompressionModel(nn.Module):
             self.freeze()
         state = {k: _export_tensor(k, v.detach().cpu()) for k, v in self.state_dict().items()}
         meta = dict(metadata or {})
-        meta.update({"preset": asdict(self.preset), "variant": self.variant, "format": 1})
+        meta.update({"preset": asdict(self.preset), "variant": self.variant, "format": WEIGHTS_FORMAT})
         torch.save({"state_dict": state, "metadata": meta}, path)
         return weights_id(meta.get("name", self.preset.name), state)
+
+
+def rans_guard(data: bytes, symbols: int) -> bytes:
+    """The stream followed by zero words, so that decoding ``symbols`` symbols does not read
+    past the end of the buffer, whatever the stream holds.
+
+    compressai's native rANS decoder does no bounds checks: a forged or truncated stream makes
+    it read (and crash) past its end. A valid stream is read exactly to its end, so the padding
+    changes nothing for it. A forged one reads one 32-bit word per symbol at most, plus what its
+    escape (bypass) codes ask for; an escape costs about 1/65536 of a symbol's probability mass
+    in our tables, so after the stream's own words the reads stay near a word per symbol. The
+    guard is two words per symbol plus twice the stream (its own escapes) plus slack. What such
+    a stream decodes to is garbage, which the latent hash then refuses.
+    """
+    pad = 8 * int(symbols) + 2 * len(data) + 4096
+    return bytes(data) + bytes(pad)
 
 
 @contextlib.contextmanager
@@ -326,6 +410,8 @@ def _export_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
         return v.to(torch.int16)
     if name.endswith((".b_int", ".shift", ".quantiles")) or ".log_gain." in name or ".log_inv_gain." in name:
         return v
+    if _is_constant(name):    # 1e-9 likelihood bound: not representable in fp16
+        return v.float()
     return v.half() if v.is_floating_point() else v
 
 
@@ -366,16 +452,43 @@ def build_model(preset: str = "lite", variant: str = "joint") -> RGBDCompression
 
 
 def load_model(path, device: str = "cpu") -> Tuple[RGBDCompressionModel, dict]:
-    """Load exported weights; the coder tables and integer weights come from the file, not recomputed."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta, state = blob["metadata"], blob["state_dict"]
-    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preset"].items()})
-    model = RGBDCompressionModel(preset, meta["variant"])
+    """Load exported weights; the coder tables and integer weights come from the file, not recomputed.
+
+    The file is untrusted: it is read without running code (``weights_only``), its preset is
+    checked against hard limits and every tensor's shape against the model the preset builds
+    (on torch's meta device, which allocates nothing) before any real memory is taken. Any
+    problem is a :class:`WeightsError` that says what is wrong.
+    """
+    from .weights_check import WeightsError, check_weights_blob, read_weights_blob
+    blob = read_weights_blob(path)
+    meta, state, preset, variant = check_weights_blob(blob, path)
+    model = RGBDCompressionModel(preset, variant)
     _resize_buffers_like(model, state)
-    model.load_state_dict({k: _import_tensor(k, v) for k, v in state.items()})
+    own = model.state_dict()
+    try:
+        model.load_state_dict({k: _import_tensor(k, v) for k, v in state.items()
+                               if not _is_constant(k)}, strict=False)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path}: tensors do not fit the {preset.name}/{variant} model: "
+                           f"{str(exc).splitlines()[0][:300]}") from None
+    missing = [k for k in own if k not in state and not _is_constant(k)]
+    if missing:
+        raise WeightsError(f"{path}: weights file lacks {len(missing)} tensors of the "
+                           f"{preset.name}/{variant} model, e.g. {missing[0]}")
     model.frozen = True
+    meta = dict(meta)
     meta["model_id"] = weights_id(meta.get("name", preset.name), state)
     return model.to(device).eval(), meta
+
+
+#: version 2 keeps the lower-bound constants in fp32 (version 1 stored them in fp16: 1e-9 -> 0;
+#: such files still load, and the constants come from the code)
+WEIGHTS_FORMAT = 2
+
+
+def _is_constant(name: str) -> bool:
+    """Buffers that are fixed by the architecture, never trained (compressai's LowerBound)."""
+    return name.endswith(".bound")
 
 
 def _resize_buffers_like(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
