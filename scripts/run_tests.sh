@@ -35,5 +35,10 @@ export OMP_WAIT_POLICY=PASSIVE
 # lets pytest print what ran and what hung.
 # No arguments: the whole suite. Arguments go to pytest as they are (paths,
 # -k, -x, ...; with options only, setup.cfg's testpaths = test applies).
-[ $# -gt 0 ] || set -- test/
+if [ $# -eq 0 ]; then
+  # the whole suite (what CI runs): static checks first, configured in ruff.toml
+  echo "[run_tests] ruff check"
+  .venv/bin/ruff check .
+  set -- test/
+fi
 exec timeout --signal=INT --kill-after=60 3000 .venv/bin/python -m pytest "$@"

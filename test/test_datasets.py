@@ -247,8 +247,15 @@ def test_sun_rotated_depth_and_sources(tmp_path):
 def test_real_shared_data(data_dir):
     sources = ds.discover([str(data_dir)])
     counts = {s.name: len(s.pairs) for s in sources}
-    assert counts == {"7scenes_kinect1": 240, "osd_kinect_pcl_mosd": 107, "realsense_d435_taeyoung": 65,
-                      "realsense_f200_apc": 33, "realsense_f200_kinfu_sample": 25}
+    # the data's own manifest says which sources it holds and how many pairs each: the test
+    # follows the data as it grows (four sources were added after the first sessions)
+    import re
+    manifest = (data_dir / "MANIFEST.md").read_text()
+    listed = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `([\w.-]+)` \| (\d+) \|", manifest, re.M)}
+    assert len(listed) >= 9 and counts == listed
+    for name, size in (("iphone_lidar_imagereloc", (256, 192)), ("iphone_arkit_tsdf_frames", (960, 720))):
+        portrait = ds.load_raw(next(s for s in sources if s.name == name).pairs[0])
+        assert portrait.color.shape[:2] == size and portrait.depth.shape == size
     apc = next(s for s in sources if s.name == "realsense_f200_apc")
     assert apc.pairs[0].depth_scale_per_m == 10000
     raw = ds.load_raw(apc.pairs[0])
@@ -273,3 +280,17 @@ def test_bad_paths_say_what_to_fix(tmp_path):
         ds.load_raw(ds.discover([str(d)])[0].pairs[0])
     with pytest.raises(ds.DatasetError, match="no data given"):
         ds.discover([])
+
+
+def test_validation_is_a_contiguous_tail_of_every_source(data_dir):
+    sources = ds.discover([str(data_dir)])
+    train, val = ds.split_within_sources(sources, 0.1, gap=2)
+    assert [s.name for s in val] == [s.name for s in sources]
+    for s, t, v in zip(sources, train, val):
+        n = len(s.pairs)
+        k = max(1, round(0.1 * n))
+        assert v.pairs == s.pairs[n - k:]                 # the last frames, in order
+        assert t.pairs == s.pairs[:n - k - 2]              # the gap belongs to neither side
+        assert not set(p.image_id for p in t.pairs) & set(p.image_id for p in v.pairs)
+    with pytest.raises(ds.DatasetError, match="between 0 and 1"):
+        ds.split_within_sources(sources, 1.0)

@@ -416,6 +416,34 @@ def split_sources(sources: List[Source], val_patterns: Sequence[str]) -> Tuple[L
     return train, val
 
 
+def split_within_sources(sources: List[Source], fraction: float, gap: int = 0
+                         ) -> Tuple[List[Source], List[Source]]:
+    """(train, val) held out *within* each source: the last ``fraction`` of its pairs, in the
+    source's own (time) order, as one contiguous block; the ``gap`` pairs just before that block
+    belong to neither side, so no validation frame has a near-duplicate neighbour in training.
+
+    Frames of one source are consecutive video frames, so random frames would leak; a
+    contiguous tail is the split that stays honest. Sources too small to give a training and a
+    validation pair stay wholly in training.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"--val-fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if gap < 0:
+        raise DatasetError(f"--val-gap must be >= 0, got {gap}")
+    train, val = [], []
+    for s in sources:
+        n = len(s.pairs)
+        k = max(1, int(round(n * fraction)))
+        if n - k - gap < 1:
+            train.append(s)
+            continue
+        val.append(dataclasses.replace(s, pairs=s.pairs[n - k:]))
+        train.append(dataclasses.replace(s, pairs=s.pairs[:n - k - gap]))
+    if not val:
+        raise DatasetError("--val-fraction: no source has enough pairs to hold any out")
+    return train, val
+
+
 def parse_source_weights(items: Sequence[str]) -> Dict[str, float]:
     """['name=0.2', 'realsense_f200_*=0'] -> dict (patterns allowed)."""
     out: Dict[str, float] = {}
@@ -511,7 +539,7 @@ class TrainCrops:
 
     def __init__(self, pairs: List[PairRef], probs: np.ndarray, crop: int, batch_size: int,
                  depth_range_m: float, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 hflip: bool = True, vflip: bool = False):
+                 hflip: bool = True, vflip: bool = False, color_jitter: float = 0.0):
         if crop % 64 != 0 or crop < 128:
             raise DatasetError(f"--crop must be a multiple of 64 and >= 128, got {crop}")
         self.pairs, self.probs = pairs, np.asarray(probs, np.float64)
@@ -519,6 +547,9 @@ class TrainCrops:
         self.depth_range_m = float(depth_range_m)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.hflip, self.vflip = hflip, vflip
+        if not 0.0 <= color_jitter < 1.0:
+            raise DatasetError(f"--color-jitter must be in [0, 1), got {color_jitter}")
+        self.color_jitter = float(color_jitter)
         self._step_cache: Tuple[int, Optional[np.ndarray]] = (-1, None)
 
     def __len__(self) -> int:
@@ -548,10 +579,29 @@ class TrainCrops:
             rgb, d, v = rgb[:, :, ::-1], d[:, :, ::-1], v[:, :, ::-1]
         if self.vflip and rng.random() < 0.5:
             rgb, d, v = rgb[:, ::-1], d[:, ::-1], v[:, ::-1]
+        if self.color_jitter:
+            # its own generator, so runs without jitter draw exactly what they drew before
+            rgb = jitter_color(rgb, self.color_jitter, seed_for(self.seed, step, slot, 0x717))
         return {"rgb": torch.from_numpy(np.ascontiguousarray(rgb)),
                 "depth": torch.from_numpy(np.ascontiguousarray(d)),
                 "valid": torch.from_numpy(np.ascontiguousarray(v)),
                 "step": step, "source": ref.source, "image": ref.image_id}
+
+
+def jitter_color(rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s], in a random
+    order, on 3xHxW colour in [0, 1]. Depth is never touched: its values are measurements."""
+    out = np.asarray(rgb, np.float32)
+    for op in rng.permutation(3):
+        f = np.float32(rng.uniform(1.0 - strength, 1.0 + strength))
+        if op == 0:
+            out = out * f
+        elif op == 1:
+            out = (out - out.mean()) * f + out.mean()
+        else:
+            grey = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
+            out = (out - grey) * f + grey
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def pad_to_multiple(arrs, multiple: int = 64, min_size: int = 128):

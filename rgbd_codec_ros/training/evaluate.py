@@ -175,7 +175,15 @@ def build_codecs(names: Sequence[str], quality_args: Optional[Sequence[str]], we
         opts = {k: v for k, v in options.items() if "." not in k}
         opts.update({k.split(".", 1)[1]: v for k, v in options.items() if k.startswith(name + ".")})
         if name == "learned" and weights:
-            opts["weights"] = weights
+            from .snapshots import frozen_from_snapshot, is_snapshot
+            if is_snapshot(weights):        # a training snapshot: its EMA, frozen as an export would be
+                try:
+                    model, model_id, _ = frozen_from_snapshot(weights)
+                except Exception as exc:
+                    raise EvalError(f"--weights {weights}: {exc}") from None
+                opts["model"], opts["model_id"] = model, model_id
+            else:
+                opts["weights"] = weights
         try:
             backend = create_backend(name, **opts)
         except (CodecError, TypeError) as exc:
@@ -531,6 +539,9 @@ def run_eval_cli(args) -> int:
         raise EvalError(f"--weights {args.weights}: no such file")
     names = args.codec or (list(DEFAULT_ANCHORS) + (["learned"] if args.weights else []))
     sources = ds.discover(args.data, nyu=args.nyu_mat, tum=args.tum, sun=args.sun, max_dt=args.tum_max_dt)
+    if getattr(args, "val_fraction", None):
+        # the held-out frames of training's split (the same function, the same arguments)
+        _, sources = ds.split_within_sources(sources, args.val_fraction, args.val_gap)
     pairs = ds.evenly_spaced([p for s in sources for p in s.pairs], args.limit)
     codecs = build_codecs(names, args.quality, args.weights, _parse_options(args.codec_option))
     pairs_for_bd = bd_pairs(codecs, args.reference)

@@ -20,12 +20,15 @@ validation while the other ranks wait.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
+import fnmatch
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,10 +42,24 @@ from . import datasets as ds
 from .losses import RateDistortionLoss, masked_mse, psnr
 
 CKPT_FORMAT = "rgbd-codec-train/1"
+#: fp16 weights + their EMA at a step: small enough to commit, resumed with a fresh optimiser
+SNAPSHOT_FORMAT = "rgbd-codec-snapshot/1"
+SCHEDULES = ("step", "cosine")
 LOG_FIELDS = ["step", "quality", "loss", "bpp_rgb", "bpp_depth", "bpp_total", "psnr_rgb",
               "depth_rmse_mm", "aux_loss", "grad_norm", "lr", "time"]
 VAL_FIELDS = ["step", "quality", "loss", "bpp_rgb", "bpp_depth", "bpp_total", "psnr_rgb",
               "depth_rmse_mm", "depth_psnr_db", "images"]
+
+
+#: buffers only a frozen model fills (the exact path, coder tables): derived again at export
+_FROZEN_ONLY_BUFFERS = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")
+
+
+def _keep_fp32(name: str) -> bool:
+    """Snapshot tensors that fp16 would damage: quantiles and gains steer the rate directly, and
+    the likelihood / scale lower bounds (1e-9) are not representable in fp16."""
+    return (name.endswith((".quantiles", ".bound")) or ".log_gain." in name
+            or ".log_inv_gain." in name)
 
 
 class TrainError(ValueError):
@@ -57,6 +74,8 @@ class TrainConfig:
     sun: List[str] = field(default_factory=list)
     tum_max_dt: float = 0.02
     val_source: List[str] = field(default_factory=list)
+    val_fraction: Optional[float] = None
+    val_gap: int = 2
     source_weight: List[str] = field(default_factory=list)
     preset: str = "lite"
     variant: str = "joint"
@@ -65,10 +84,18 @@ class TrainConfig:
     batch_size: int = 8
     crop: int = 256
     vflip: bool = False
+    color_jitter: float = 0.0
     lr: float = 1e-4
     aux_lr: float = 1e-3
     lr_milestones: Sequence[float] = (0.75, 0.9)
+    schedule: str = "step"
+    lr_final: float = 1e-5
+    decay_end: float = 0.7
     warmup_steps: int = 0
+    ema_decay: float = 0.0
+    time_budget_s: Optional[float] = None
+    snapshot: Optional[str] = None
+    snapshot_every: int = 1000
     init_weights: Optional[str] = None
     clip: float = 1.0
     qualities: Optional[List[str]] = None
@@ -106,7 +133,10 @@ def reseed_all(seed: int, step: int, rank: int) -> None:
 
 
 def rng_state() -> Dict:
-    st = {"python": random.getstate(), "numpy": np.random.get_state(),
+    # plain tuples, ints and tensors only: checkpoints load with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    st = {"python": random.getstate(),
+          "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
           "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
@@ -114,20 +144,34 @@ def rng_state() -> Dict:
 
 
 def set_rng_state(st: Dict) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = st["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    lr = cfg.lr
-    if step < cfg.warmup_steps:   # linear ramp: a fresh Adam's first updates are +-lr per weight
-        lr *= (step + 1) / (cfg.warmup_steps + 1)
-    for frac in cfg.lr_milestones:
-        if step >= int(round(frac * cfg.steps)):
-            lr *= 0.1
+def lr_at(step: int, cfg: TrainConfig, warmup_from: int = 0) -> float:
+    """Learning rate of ``step``: a function of the step alone (never of the clock), so a run
+    split over sessions follows the same schedule. ``warmup_from`` is the step at which the
+    current optimiser started (0, or the step of a resumed snapshot)."""
+    if cfg.schedule == "cosine":
+        # cosine from lr down to lr_final over the first decay_end of the steps, then a long
+        # phase at lr_final (on CPU continuations the held-out gains came in low-lr phases)
+        end = max(1.0, cfg.decay_end * cfg.steps)
+        t = min(step / end, 1.0)
+        lr = cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t))
+    else:
+        lr = cfg.lr
+        for frac in cfg.lr_milestones:
+            if step >= int(round(frac * cfg.steps)):
+                lr *= 0.1
+    since = step - warmup_from
+    if 0 <= since < cfg.warmup_steps:   # linear ramp: a fresh Adam's first updates are +-lr per weight
+        lr *= (since + 1) / (cfg.warmup_steps + 1)
     return lr
 
 
@@ -148,13 +192,30 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 
 def latest_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """The checkpoint named by ``ckpt_dir/latest``: a plain file name inside the folder, never a
+    path that leads elsewhere (the pointer may come with a folder from elsewhere)."""
     pointer = os.path.join(ckpt_dir, "latest")
     if not os.path.isfile(pointer):
         return None
-    with open(pointer) as fh:
-        name = fh.read().strip()
+    with open(pointer, errors="replace") as fh:
+        name = fh.read(256).strip()
+    if not name or name != os.path.basename(name) or name in (".", "..") or "\0" in name:
+        raise TrainError(f"{pointer} names {name!r}, which is not a checkpoint file inside "
+                         f"{ckpt_dir}; delete the pointer or fix it")
     path = os.path.join(ckpt_dir, name)
+    if os.path.islink(path) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(ckpt_dir):
+        raise TrainError(f"{path} is a link out of {ckpt_dir}; refusing to follow it")
     return path if os.path.isfile(path) else None
+
+
+def safe_torch_load(path: str, what: str):
+    """``torch.load`` that never runs code from the file: tensors, numbers, strings and
+    containers only (checkpoints and snapshots are written that way)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # UnpicklingError, EOFError, RuntimeError (zip), ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainError(f"cannot read {what} {path}: {first[:300]}") from None
 
 
 def resolve_qualities(model, names: Optional[Sequence[str]]) -> List[int]:
@@ -252,9 +313,22 @@ class Trainer:
         self.aux_opt = torch.optim.Adam(self.aux_params, lr=cfg.aux_lr)
         self.criterion = RateDistortionLoss(cfg.depth_loss)
         self.step = 0
+        self.warmup_from = 0        # step at which the current optimiser started
+        self.ema: Optional[Dict[str, torch.Tensor]] = None
+        self.ema_updates = 0
+        if cfg.ema_decay > 0:
+            self.ema = {n: p.detach().clone() for n, p in self._named_main()}
+        self._stop_reason: Optional[str] = None
 
         sources = ds.discover(cfg.data, nyu=cfg.nyu_mat, tum=cfg.tum, sun=cfg.sun, max_dt=cfg.tum_max_dt)
-        self.train_sources, self.val_sources = ds.split_sources(sources, cfg.val_source)
+        if cfg.val_fraction:
+            held = [s for s in sources if not any(fnmatch.fnmatchcase(s.name, p) for p in cfg.val_source)]
+            whole = [s for s in sources if s not in held]
+            self.train_sources, self.val_sources = ds.split_within_sources(held, cfg.val_fraction,
+                                                                           cfg.val_gap)
+            self.val_sources += whole
+        else:
+            self.train_sources, self.val_sources = ds.split_sources(sources, cfg.val_source)
         weights = ds.parse_source_weights(cfg.source_weight)
         self.train_pairs, self.train_probs = ds.pair_weights(self.train_sources, weights)
         self.source_weights = weights
@@ -309,6 +383,20 @@ class Trainer:
             raise TrainError("--warmup-steps must be >= 0")
         if c.init_weights and not os.path.isfile(c.init_weights):
             raise TrainError(f"--init-weights {c.init_weights}: no such weights file")
+        if c.schedule not in SCHEDULES:
+            raise TrainError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
+        if c.lr_final <= 0 or c.lr_final > c.lr:
+            raise TrainError("--lr-final must be > 0 and at most --lr")
+        if not 0.0 < c.decay_end <= 1.0:
+            raise TrainError("--decay-end must be in (0, 1]")
+        if not 0.0 <= c.ema_decay < 1.0:
+            raise TrainError("--ema-decay must be in [0, 1) (0 = no EMA)")
+        if c.time_budget_s is not None and c.time_budget_s <= 0:
+            raise TrainError("--time-budget must be > 0 seconds")
+        if c.snapshot_every < 1:
+            raise TrainError("--snapshot-every must be >= 1")
+        if c.val_fraction is not None and not 0.0 < c.val_fraction < 1.0:
+            raise TrainError("--val-fraction must be between 0 and 1 (exclusive)")
 
     def _compat_config(self) -> Dict:
         c = self.cfg
@@ -316,6 +404,8 @@ class Trainer:
                 "seed": c.seed, "qualities": self.qualities, "quality_sampling": c.quality_sampling,
                 "depth_loss": c.depth_loss, "world_size": self.world, "steps": c.steps,
                 "lr": c.lr, "warmup_steps": c.warmup_steps, "vflip": c.vflip,
+                "color_jitter": c.color_jitter, "schedule": c.schedule, "lr_final": c.lr_final, "decay_end": c.decay_end,
+                "ema_decay": c.ema_decay, "val_fraction": c.val_fraction, "val_gap": c.val_gap,
                 "train_sources": [s.name for s in self.train_sources],
                 "source_weights": self.source_weights}
 
@@ -330,7 +420,9 @@ class Trainer:
                 "model": self.model.state_dict(), "opt": self.opt.state_dict(),
                 "aux_opt": self.aux_opt.state_dict(),
                 "schedule": {"base_lr": self.cfg.lr, "milestones": list(self.cfg.lr_milestones),
-                             "steps": self.cfg.steps, "lr": lr_at(self.step, self.cfg)},
+                             "steps": self.cfg.steps, "lr": lr_at(self.step, self.cfg, self.warmup_from),
+                             "warmup_from": self.warmup_from},
+                "ema": self.ema, "ema_updates": self.ema_updates,
                 "rng": states}
 
     def save_checkpoint(self) -> Optional[str]:
@@ -370,18 +462,26 @@ class Trainer:
         path = spec
         if spec == "auto":
             path = latest_checkpoint(self.ckpt_dir)
+            snap = self.cfg.snapshot if self.cfg.snapshot and os.path.isfile(self.cfg.snapshot) else None
+            if snap is not None:
+                snap_state = safe_torch_load(snap, "snapshot")
+                ck_step = int(safe_torch_load(path, "checkpoint").get("step", -1)) if path else -1
+                if isinstance(snap_state, dict) and snap_state.get("format") == SNAPSHOT_FORMAT and \
+                        int(snap_state.get("step", -1)) > ck_step:
+                    self._resume_snapshot(snap, snap_state)   # e.g. a new machine: the committed one
+                    return
             if path is None:
                 if self.is_main:
-                    print(f"--resume: no checkpoint in {self.ckpt_dir} yet; starting from step 0",
-                          file=sys.stderr)
+                    print(f"--resume: no checkpoint in {self.ckpt_dir} yet; starting from "
+                          f"{'--init-weights' if self.cfg.init_weights else 'step 0'}", file=sys.stderr)
                 return
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise TrainError(f"cannot read checkpoint {path}: {exc}") from exc
+        state = safe_torch_load(path, "checkpoint")
+        if isinstance(state, dict) and state.get("format") == SNAPSHOT_FORMAT:
+            self._resume_snapshot(path, state)
+            return
         if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-            raise TrainError(f"{path} is not a training checkpoint of this tool "
-                             "(finished weights cannot be resumed)")
+            raise TrainError(f"{path} is not a training checkpoint or snapshot of this tool "
+                             "(finished weights: use --init-weights)")
         saved, now = state["config"], self._compat_config()
         for key in ("preset", "variant"):
             if saved[key] != now[key]:
@@ -396,6 +496,13 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.aux_opt.load_state_dict(state["aux_opt"])
         self.step = int(state["step"])
+        self.warmup_from = int((state.get("schedule") or {}).get("warmup_from", 0))
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+                self.ema_updates = int(state.get("ema_updates", 0))
+            else:
+                self.ema = {n: p.detach().clone() for n, p in self._named_main()}
         rng = state.get("rng") or []
         if len(rng) == self.world:
             set_rng_state(rng[self.rank])
@@ -403,11 +510,101 @@ class Trainer:
         if self.is_main:
             print(f"resumed from {path} at step {self.step}", file=sys.stderr)
 
+    # ---------------------------------------------------------------- EMA and snapshots
+    def _named_main(self):
+        return [(n, p) for n, p in self.model.named_parameters()
+                if not n.endswith(".quantiles") and p.requires_grad]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        self.ema_updates += 1
+        # the usual warm-up of the decay, so an EMA started from fresh weights follows them early
+        d = min(self.cfg.ema_decay, (1.0 + self.ema_updates) / (10.0 + self.ema_updates))
+        for n, p in self._named_main():
+            self.ema[n].mul_(d).add_(p.detach(), alpha=1.0 - d)
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Swap the EMA into the model (validation, export), then the live weights back."""
+        if self.ema is None:
+            yield
+            return
+        live = {n: p.detach().clone() for n, p in self._named_main()}
+        params = dict(self._named_main())
+        with torch.no_grad():
+            for n, v in self.ema.items():
+                params[n].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, v in live.items():
+                    params[n].copy_(v)
+
+    def snapshot_state(self) -> Dict:
+        def half(sd):
+            return {k: (v.detach().cpu().half() if v.is_floating_point() and not _keep_fp32(k)
+                        else v.detach().cpu()) for k, v in sd.items()}
+        model = {k: v for k, v in self.model.state_dict().items()
+                 if k.rsplit(".", 1)[-1] not in _FROZEN_ONLY_BUFFERS}
+        return {"format": SNAPSHOT_FORMAT, "step": self.step, "config": self._compat_config(),
+                "model": half(model), "ema": half(self.ema) if self.ema is not None else None,
+                "ema_updates": self.ema_updates,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+    def save_snapshot(self, path: Optional[str] = None) -> Optional[str]:
+        path = path or self.cfg.snapshot
+        if not path or not self.is_main:
+            return None
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_torch_save(self.snapshot_state(), path)
+        return path
+
+    def _resume_snapshot(self, path: str, state: Dict) -> None:
+        saved = state.get("config") or {}
+        for key in ("preset", "variant"):
+            if saved.get(key) != self._compat_config()[key]:
+                raise TrainError(f"snapshot {path} was trained with --{key} {saved.get(key)}, "
+                                 f"not {self._compat_config()[key]}")
+        own = self.model.state_dict()
+        model = state.get("model") or {}
+        bad = [k for k, v in model.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        missing = [k for k in own if k not in model and k.rsplit(".", 1)[-1] not in _FROZEN_ONLY_BUFFERS
+                   and not k.endswith(".bound")]
+        if bad or missing:
+            raise TrainError(f"snapshot {path} does not fit --preset {self.cfg.preset} --variant "
+                             f"{self.cfg.variant}: {(bad + missing)[:3]}")
+        with torch.no_grad():
+            for k, v in model.items():
+                if not k.endswith(".bound"):      # constants of the architecture, not trained
+                    own[k].copy_(v.to(own[k].dtype))
+        if self.ema is not None:
+            ema = state.get("ema")
+            names = dict(self._named_main())
+            if ema and set(ema) == set(names):
+                self.ema = {k: v.to(names[k].dtype).to(self.device) for k, v in ema.items()}
+                self.ema_updates = int(state.get("ema_updates", 0))
+            else:
+                self.ema = {n: p.detach().clone() for n, p in self._named_main()}
+        self.step = int(state["step"])
+        self.warmup_from = self.step           # a fresh optimiser: warm up again from here
+        if self.is_main:
+            print(f"resumed from snapshot {path} at step {self.step} (fresh optimiser, "
+                  f"{self.cfg.warmup_steps} warm-up steps)", file=sys.stderr)
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the current step, then checkpoint, snapshot and return (SIGTERM, budget)."""
+        self._stop_reason = reason
+
     # ---------------------------------------------------------------- data
     def _loader(self):
         c = self.cfg
         data = ds.TrainCrops(self.train_pairs, self.train_probs, c.crop, c.batch_size,
-                             self.depth_range_m, c.seed, self.rank, self.world, True, c.vflip)
+                             self.depth_range_m, c.seed, self.rank, self.world, True, c.vflip,
+                             c.color_jitter)
         sampler = range(self.step * c.batch_size, c.steps * c.batch_size)
         return torch.utils.data.DataLoader(
             data, batch_size=c.batch_size, sampler=sampler, num_workers=c.workers,
@@ -437,7 +634,7 @@ class Trainer:
             lam_r = torch.tensor([self.lambdas[int(i)][0] for i in q], device=self.device)
             lam_d = torch.tensor([self.lambdas[int(i)][1] for i in q], device=self.device)
             q_in = q.to(self.device)
-        lr = lr_at(step, c)
+        lr = lr_at(step, c, self.warmup_from)
         for g in self.opt.param_groups:
             g["lr"] = lr
 
@@ -466,6 +663,7 @@ class Trainer:
         if finite:            # the same decision on every rank (stats are reduced)
             self.opt.step()
             self.aux_opt.step()
+            self._update_ema()
         s = stats.cpu().tolist()
         return {"quality": q if isinstance(q, int) else "mixed", "loss": s[0], "bpp_rgb": s[1],
                 "bpp_depth": s[2], "bpp_total": s[1] + s[2], "psnr_rgb": s[3],
@@ -475,8 +673,14 @@ class Trainer:
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> List[Dict]:
+        """Held-out rate (estimated from the likelihoods) and distortion of the EMA weights when
+        there is an EMA (what gets exported), else of the live weights."""
         if self.val_set is None:
             return []
+        with self.ema_weights():
+            return self._validate()
+
+    def _validate(self) -> List[Dict]:
         self.model.eval()
         rows = []
         for q in self.qualities:
@@ -553,10 +757,14 @@ class Trainer:
         t0 = time.time()
         last = {}
         first_step = self.step
+        previous_term = None
+        if threading_is_main():
+            # SIGTERM (a session ending, a job scheduler) finishes the step, then checkpoints
+            previous_term = signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         try:
             end = c.steps if c.stop_at is None else min(c.steps, c.stop_at)
             loader = iter(self._loader()) if self.step < end else iter(())
-            while self.step < end:
+            while self.step < end and self._stop_reason is None:
                 step = self.step
                 reseed_all(c.seed, step, self.rank)
                 batch = next(loader)
@@ -586,6 +794,12 @@ class Trainer:
                         dist.barrier()
                 if self.step % c.checkpoint_every == 0 and self.step < end:
                     self.save_checkpoint()
+                if self.step % c.snapshot_every == 0 and self.step < end:
+                    self.save_snapshot()
+                if c.time_budget_s is not None and time.time() - t0 >= c.time_budget_s:
+                    self.request_stop(f"time budget of {c.time_budget_s:g} s reached")
+            if self._stop_reason and self.is_main:
+                print(f"stopping at step {self.step}: {self._stop_reason}", file=sys.stderr)
         except KeyboardInterrupt:
             if not self.distributed and self.ckpt_dir and self.step > first_step:
                 path = self.save_checkpoint()
@@ -594,9 +808,13 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
         if self.step > first_step:       # the same decision on every rank (collective save)
             self.save_checkpoint()
-        result = {"step": self.step, "last": last, "seconds": time.time() - t0}
+            self.save_snapshot()
+        result = {"step": self.step, "last": last, "seconds": time.time() - t0,
+                  "stopped": self._stop_reason}
         if c.export and self.is_main and self.step >= c.steps:
             result["model_id"] = self.export(c.export)
         if self.distributed:
@@ -614,8 +832,11 @@ class Trainer:
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
+        meta["ema_decay"] = self.cfg.ema_decay
         tmp = f"{path}.tmp.{os.getpid()}"
-        model_id = self.model.export_weights(tmp, meta)
+        with self.ema_weights():     # the EMA is what ships
+            model_id = self.model.export_weights(tmp, meta)
+        self.model.frozen = False    # training may go on from the live weights
         os.replace(tmp, path)
         print(f"exported {path} ({model_id})", file=sys.stderr)
         return model_id
@@ -623,6 +844,11 @@ class Trainer:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
 
 
 def _source_card(s: ds.Source, weights: Dict[str, float]) -> Dict:
