@@ -29,6 +29,7 @@ setup(
             "encoder_node = rgbd_codec_ros.ros.encoder_node:main",
             "decoder_node = rgbd_codec_ros.ros.decoder_node:main",
             "rgbd_player_node = rgbd_codec_ros.ros.player_node:main",
+            "link_emulator_node = rgbd_codec_ros.ros.link_emulator_node:main",
             "rgbd-demo = rgbd_codec_ros.ros.demo:main",
         ],
     },

@@ -8,19 +8,21 @@
 
 Depth must be registered to the colour camera (same size, pixel-aligned):
 for a RealSense use the aligned_depth_to_color topics.
+
+Rate control: ``target_kbps:=1000`` (kbit/s; 0 = off) and ``adapt_to_link:=true`` override
+the YAML file's values when given (docs/ratecontrol.md).
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 
 def generate_launch_description():
     config = os.path.join(get_package_share_directory("rgbd_codec_ros"), "config", "encoder.yaml")
-    arg = LaunchConfiguration
     return LaunchDescription([
         DeclareLaunchArgument("params_file", default_value=config,
                               description="YAML file with the encoder's parameters"),
@@ -35,12 +37,31 @@ def generate_launch_description():
                               description="depth camera_info topic"),
         DeclareLaunchArgument("compressed", default_value="rgbd/compressed",
                               description="output topic (rgbd_codec_ros/msg/CompressedRGBD)"),
+        DeclareLaunchArgument("target_kbps", default_value="",
+                              description="bit-rate budget in kbit/s (0 = off); empty = the YAML file's"),
+        DeclareLaunchArgument("adapt_to_link", default_value="",
+                              description="true/false: follow rgbd/link_feedback; empty = the YAML file's"),
+        OpaqueFunction(function=_encoder_node),
+    ])
+
+
+def _encoder_node(context):
+    """The node, with the rate-control launch arguments that were given as overrides."""
+    arg = LaunchConfiguration
+    overrides = {}
+    target = arg("target_kbps").perform(context).strip()
+    if target:
+        overrides["target_kbps"] = float(target)
+    adapt = arg("adapt_to_link").perform(context).strip().lower()
+    if adapt:
+        overrides["adapt_to_link"] = adapt in ("true", "1", "yes")
+    return [
         Node(
             package="rgbd_codec_ros",
             executable="encoder_node",
             name="rgbd_encoder",
             namespace=arg("namespace"),
-            parameters=[arg("params_file")],
+            parameters=[arg("params_file")] + ([overrides] if overrides else []),
             remappings=[
                 ("color/image_raw", arg("color_image")),
                 ("depth/image_raw", arg("depth_image")),
@@ -50,5 +71,5 @@ def generate_launch_description():
             ],
             output="screen",
             emulate_tty=True,
-        ),
-    ])
+        )
+    ]

@@ -43,6 +43,10 @@ def generate_launch_description():
         DeclareLaunchArgument("color_image", default_value="color/image_raw", description="colour image topic"),
         DeclareLaunchArgument("depth_image", default_value="depth/image_raw",
                               description="depth image topic, registered to colour"),
+        DeclareLaunchArgument("target_kbps", default_value="",
+                              description="encoder bit-rate budget, kbit/s (0 = off); empty = the YAML file's"),
+        DeclareLaunchArgument("adapt_to_link", default_value="",
+                              description="encoder follows rgbd/link_feedback (true/false); empty = the YAML file's"),
         DeclareLaunchArgument("color_info", default_value="color/camera_info"),
         DeclareLaunchArgument("depth_info", default_value="depth/camera_info"),
         Node(
@@ -58,6 +62,7 @@ def generate_launch_description():
         ),
         include("encoder.launch.py", namespace=arg("namespace"), params_file=arg("encoder_params"),
                 color_image=arg("color_image"), depth_image=arg("depth_image"),
-                color_info=arg("color_info"), depth_info=arg("depth_info")),
+                color_info=arg("color_info"), depth_info=arg("depth_info"),
+                target_kbps=arg("target_kbps"), adapt_to_link=arg("adapt_to_link")),
         include("decoder.launch.py", namespace=arg("namespace"), params_file=arg("decoder_params")),
     ])

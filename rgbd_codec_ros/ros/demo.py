@@ -8,12 +8,19 @@ RMSE (mm, over pixels measured in both), whether the depth holes came back
 exactly, and end-to-end latency (player stamp -> decoded image here). It
 stops everything after --duration seconds of measurement.
 
+Over a thin link: --target-kbps sets the encoder's budget (rate control), --link-kbps,
+--link-delay-ms and --link-loss put rgbd_link_emulator between encoder and decoder,
+--adapt-to-link lets the encoder follow the decoder's link feedback, and --json OUT writes
+the per-second figures and a summary.
+
 DDS stays on this machine (the shared-memory transport only: the processes open
 no network socket) in a domain of its own, unless --dds-network is given.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import signal
 import subprocess
@@ -48,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dds-network", action="store_true",
                    help="use the DDS settings of the environment instead of keeping traffic on this machine")
     p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary folder)")
+    p.add_argument("--target-kbps", type=float, default=0.0,
+                   help="encoder bit-rate budget in kbit/s over every 1 s window (default 0 = no rate control)")
+    p.add_argument("--adapt-to-link", action="store_true",
+                   help="the encoder lowers its target on link loss / rising delay (needs --target-kbps)")
+    p.add_argument("--link-kbps", type=float, default=0.0,
+                   help="emulated link rate in kbit/s (starts rgbd_link_emulator; default 0 = no emulator)")
+    p.add_argument("--link-delay-ms", type=float, default=0.0, help="emulated one-way delay, ms")
+    p.add_argument("--link-jitter-ms", type=float, default=0.0, help="emulated jitter (0..value), ms")
+    p.add_argument("--link-loss", type=float, default=0.0, help="emulated random loss, percent")
+    p.add_argument("--link-queue-ms", type=float, default=500.0,
+                   help="emulated radio buffer: tail drop past this many ms of queue (default 500)")
+    p.add_argument("--json", default=None, metavar="OUT",
+                   help='write {"summary": {...}, "seconds": [...]} to OUT')
     p.add_argument("--startup-timeout", type=float, default=120.0,
                    help="seconds to wait for the first decoded frame (default 120)")
     return p
@@ -60,6 +80,16 @@ def _validate(args) -> Optional[str]:
         return "--rate must be in 0.1..120"
     if not (8 <= args.width <= 8192 and 8 <= args.height <= 8192):
         return "--width/--height must be in 8..8192"
+    if not (args.target_kbps == 0 or 10 <= args.target_kbps <= 1e6):
+        return "--target-kbps must be 0 (off) or in 10..1000000"
+    if not 0 <= args.link_kbps <= 1e7:
+        return "--link-kbps must be in 0..10000000 (0 = unlimited)"
+    if not (0 <= args.link_delay_ms <= 60000 and 0 <= args.link_jitter_ms <= 10000):
+        return "--link-delay-ms must be in 0..60000 and --link-jitter-ms in 0..10000"
+    if not 0 <= args.link_loss <= 100:
+        return "--link-loss is a percentage: 0..100"
+    if not 1 <= args.link_queue_ms <= 60000:
+        return "--link-queue-ms must be in 1..60000"
     if args.domain_id is not None and not 0 <= args.domain_id <= 232:
         return "--domain-id must be in 0..232"
     if args.source != "synthetic" and not Path(args.source).expanduser().is_dir():
@@ -87,7 +117,8 @@ class Measurer:
         self.orig_color: Dict[int, object] = {}
         self.orig_depth: Dict[int, object] = {}
         self.decoded_color: Dict[int, tuple] = {}
-        self.compressed: deque = deque()  # (receive time, payload bytes, raw bytes)
+        self.compressed: deque = deque()  # (receive time, message bytes, raw bytes)
+        self.all_compressed: List[tuple] = []
         self.results: deque = deque()     # (receive time, psnr, rmse_mm, holes_exact, latency_s)
         self.all_results: List[tuple] = []
         self.subs = [
@@ -116,10 +147,14 @@ class Measurer:
         self._keep_recent(self.orig_depth)
 
     def _on_compressed(self, msg) -> None:
+        from rclpy.serialization import serialize_message
+
         channels = 1 if msg.color_encoding == "mono8" else 4 if msg.color_encoding.endswith("a8") else 3
         raw = msg.color_width * msg.color_height * channels
         raw += msg.depth_width * msg.depth_height * (2 if msg.depth_encoding == "16UC1" else 4)
-        self.compressed.append((time.monotonic(), len(msg.payload), raw))
+        item = (time.monotonic(), len(serialize_message(msg)), raw)
+        self.compressed.append(item)
+        self.all_compressed.append(item)
 
     def _on_decoded_color(self, msg) -> None:
         self.decoded_color[self._stamp(msg)] = (msg, time.time())
@@ -151,9 +186,10 @@ class Measurer:
         both = ~hole0 & ~hole1
         diff = (d0[both].astype(np.float64) - d1[both].astype(np.float64)) * scale
         rmse = float(np.sqrt(np.mean(diff ** 2))) if diff.size else 0.0
+        max_err = float(np.abs(diff).max()) if diff.size else 0.0
         holes_exact = bool(np.array_equal(hole0, hole1))
         latency = received - color_stamp / 1e9
-        item = (time.monotonic(), psnr, rmse, holes_exact, latency)
+        item = (time.monotonic(), psnr, rmse, holes_exact, latency, max_err)
         self.results.append(item)
         self.all_results.append(item)
 
@@ -176,8 +212,11 @@ class Measurer:
                 "latency": float(np.median(lat)), "latency_p95": float(np.percentile(lat, 95))}
 
 
-def _start(module: str, params: Dict[str, object], log_dir: Path, env: Dict[str, str]) -> subprocess.Popen:
+def _start(module: str, params: Dict[str, object], log_dir: Path, env: Dict[str, str],
+           remap: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     args = [sys.executable, "-m", f"rgbd_codec_ros.ros.{module}", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
+    for a, b in (remap or {}).items():
+        args += ["-r", f"{a}:={b}"]
     for name, value in params.items():
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         args += ["-p", f"{name}:={text if text else chr(39) * 2}"]
@@ -202,6 +241,41 @@ def _fmt(w: dict) -> str:
     return (f"{w['fps']:5.1f} fps | {w['kbit_s']:8.0f} kbit/s | ratio {w['ratio']:5.1f}:1 | "
             f"RGB PSNR {psnr} dB | depth RMSE {w['rmse']:.2f} mm | holes exact {w['holes']:.0f}% | "
             f"latency {w['latency']:.0f} ms (p95 {w['latency_p95']:.0f})")
+
+
+def _json_safe(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _settings(args) -> dict:
+    return {k: getattr(args, k) for k in ("codec", "codec_options", "source", "rate", "width", "height",
+                                          "target_kbps", "adapt_to_link", "link_kbps", "link_delay_ms",
+                                          "link_jitter_ms", "link_loss", "link_queue_ms", "duration")}
+
+
+def summarize(measurer: "Measurer", start: float, duration: float) -> dict:
+    """The --json summary over the measured period: what was sent and delivered, rates, latency
+    (capture stamp to decoded image here), quality against the originals."""
+    end = start + duration
+    sent = [c for c in measurer.all_compressed if start <= c[0] < end]
+    got = [r for r in measurer.all_results if start <= r[0] < end]
+    times = np.array([c[0] for c in sent])
+    bits = np.array([c[1] * 8.0 for c in sent])
+    max_1s = 0.0
+    for t in np.arange(start + 1.0, end + 1e-9, 0.05):
+        max_1s = max(max_1s, float(bits[(times > t - 1.0) & (times <= t)].sum()) / 1000.0)
+    lat = np.array([r[4] for r in got]) * 1000.0
+    psnrs = [r[1] for r in got if math.isfinite(r[1])]
+    summary = {
+        "frames_sent": len(sent), "frames_delivered": len(got), "fps": len(got) / duration,
+        "kbps_mean": float(bits.sum()) / 1000.0 / duration, "kbps_max_1s": max_1s,
+        "latency_ms_p50": float(np.median(lat)) if lat.size else None,
+        "latency_ms_p95": float(np.percentile(lat, 95)) if lat.size else None,
+        "rgb_psnr_db": float(np.mean(psnrs)) if psnrs else (None if not got else float("inf")),
+        "depth_rmse_mm": float(np.sqrt(np.mean([r[2] ** 2 for r in got]))) if got else None,
+        "depth_max_err_mm": float(max(r[5] for r in got)) if got else None,
+    }
+    return _json_safe(summary)
 
 
 def main(argv=None) -> int:
@@ -229,14 +303,22 @@ def main(argv=None) -> int:
     print(f"rgbd-demo: ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}, "
           f"{'DDS as configured in the environment' if args.dds_network else 'DDS on this machine only'}, "
           f"namespace {NAMESPACE}, node logs in {log_dir}", flush=True)
+    use_link = args.link_kbps > 0 or args.link_delay_ms > 0 or args.link_jitter_ms > 0 or args.link_loss > 0
     procs = {
-        "decoder": _start("decoder_node", {"log_period": 5.0}, log_dir, env),
+        "decoder": _start("decoder_node", {"log_period": 5.0}, log_dir, env,
+                          remap={"rgbd/compressed": "link/rgbd/compressed"} if use_link else None),
         "encoder": _start("encoder_node", {"codec": args.codec, "codec_options": args.codec_options,
-                                           "log_period": 5.0}, log_dir, env),
+                                           "log_period": 5.0, "target_kbps": float(args.target_kbps),
+                                           "adapt_to_link": bool(args.adapt_to_link)}, log_dir, env),
         "player": _start("player_node", {"source": str(Path(args.source).expanduser()) if args.source != "synthetic"
                                          else "synthetic", "rate": float(args.rate), "width": args.width,
                                          "height": args.height}, log_dir, env),
     }
+    if use_link:
+        procs["link_emulator"] = _start("link_emulator_node", {
+            "bandwidth_kbps": float(args.link_kbps), "delay_ms": float(args.link_delay_ms),
+            "jitter_ms": float(args.link_jitter_ms), "loss_pct": float(args.link_loss),
+            "queue_ms": float(args.link_queue_ms), "log_period": 5.0}, log_dir, env)
     rclpy.init(args=[])
     node = Node("rgbd_demo_measurer", namespace=NAMESPACE)
     executor = SingleThreadedExecutor()
@@ -259,12 +341,14 @@ def main(argv=None) -> int:
                 return 1
         start = time.monotonic()
         next_report = start + 1.0
+        seconds: List[dict] = []
         while time.monotonic() < start + args.duration:
             executor.spin_once(timeout_sec=0.05)
             if time.monotonic() >= next_report:
                 w = measurer.window(1.0)
                 t = next_report - start
                 print(f"[{t:4.0f} s] " + (_fmt(w) if w else "no frames decoded in the last second"), flush=True)
+                seconds.append(dict(_json_safe(w) if w else {"fps": 0.0}, t=round(t, 1)))
                 next_report += 1.0
             dead = [name for name, p in procs.items() if p.poll() is not None]
             if dead:
@@ -282,6 +366,11 @@ def main(argv=None) -> int:
                   f"{np.median(lat):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms", flush=True)
         else:
             code = 1
+        if args.json:
+            summary = summarize(measurer, start, args.duration)
+            Path(args.json).write_text(json.dumps({"summary": summary, "seconds": seconds,
+                                                   "settings": _settings(args)}, indent=1))
+            print(f"rgbd-demo: wrote {args.json}", flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         print("rgbd-demo: interrupted", file=sys.stderr)
         code = 130

@@ -9,6 +9,20 @@ interface and rgbd_codec_ros.convert; this node only wires ROS to them.
 Lazy subscription (``lazy``, default true): the image topics are subscribed
 only while ``rgbd/compressed`` has a subscriber, so a camera's raw streams
 cost nothing when nobody listens (a bag recorder counts as a listener).
+
+``codec`` and ``codec_options`` change live (rgbd_codec_ros.ros.codec_switch):
+the values are checked in the parameter callback, a backend that is slow to
+make (learned weights) is built on a worker thread while the old one keeps
+coding, and it is swapped in between two frames; if building fails the old
+backend stays and the parameters are set back. Pairs whose capture stamp is
+older than ``max_age_s`` when the encoder gets to them are dropped uncoded.
+
+Rate control (``target_kbps`` > 0, rgbd_codec_ros.ratecontrol, docs/ratecontrol.md): each
+frame's settings (classical: colour quality, depth mode and error bound; learned: the
+fractional quality) are chosen so that no 1 s window of rgbd/compressed carries more than the
+target; a frame that comes out too big is re-coded smaller or skipped. While it is on, only
+the newest pair is coded: pairs that arrive while one is being coded replace each other. With
+``adapt_to_link`` the target in force follows rgbd/link_feedback from the decoder.
 """
 from __future__ import annotations
 
@@ -16,19 +30,27 @@ import time
 from typing import Any, Dict, List, Optional
 
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.serialization import serialize_message
 
-from rgbd_codec_ros import convert
-from rgbd_codec_ros.codec.base import CodecError, create_backend
-from rgbd_codec_ros.ros import common
+from rgbd_codec_ros import convert, ratecontrol
+from rgbd_codec_ros.codec.base import CodecError
+from rgbd_codec_ros.ros import codec_switch, common
 from rgbd_codec_ros.ros.options import parse_codec_options
 from rgbd_codec_ros.ros.stats import StreamStats
 from rgbd_codec_ros.sync import StampPairer
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rgbd_codec_ros.msg import CompressedRGBD  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus as LinkFeedback
+from rgbd_codec_ros.msg import CompressedRGBD
+from sensor_msgs.msg import CameraInfo, Image
 
 NODE_NAME = "rgbd_encoder"
+#: the smallest non-zero target_kbps taken before any frame has shown what a frame costs
+MIN_TARGET_KBPS = 10.0
+#: options the rate controller sets per frame (restored from codec_options when it stops)
+RATE_OPTIONS = {"classical": ("color_quality", "depth_codec", "depth_max_error_mm", "depth_rel_error"),
+                "learned": ("quality",)}
 
 
 def parameter_specs() -> Dict[str, tuple]:
@@ -36,7 +58,22 @@ def parameter_specs() -> Dict[str, tuple]:
     return {
         "codec": ("classical", d("Backend that codes the pairs (classical, learned, ...); changeable live")),
         "codec_options": ("", d("Backend options as 'name=value, name=value' (e.g. colour quality); "
-                                "passed to the backend, changeable live")),
+                                "passed to the backend, changeable live (a learned backend is loaded "
+                                "in the background and swapped in when ready)",
+                                constraints=f"learned threads: 0..{codec_switch.max_threads()}")),
+        "max_age_s": (1.0, d("Drop, uncoded, a pair whose capture stamp is older than this many seconds "
+                             "when the encoder gets to it (stale frames queued behind a slow codec); "
+                             "0 = off (replayed data with old stamps and no use_sim_time)",
+                             float_range=(0.0, 3600.0))),
+        "target_kbps": (0.0, d("Bit-rate budget of rgbd/compressed in kbit/s, kept over every 1 s window "
+                               "by choosing each frame's settings (and skipping frames when even the "
+                               "cheapest do not fit); 0 = off (live). A target below what one frame "
+                               "at the cheapest settings needs is refused", float_range=(0.0, 1.0e6))),
+        "depth_share": (0.35, d("Share of each frame's budget for depth under rate control (classical; "
+                                "what one stream leaves unused goes to the other) (live)",
+                                float_range=(0.0, 1.0))),
+        "adapt_to_link": (False, d("Lower the target in force when rgbd/link_feedback shows loss or rising "
+                                   "latency, probe back up to target_kbps when the link clears (live)")),
         "depth_scale_per_m": (1000.0, d("Units per metre of 16UC1 input depth (1000 = mm as in REP 118; "
                                         "10000 for 0.1 mm sensors); ignored for 32FC1",
                                         float_range=(1.0, 1.0e6))),
@@ -75,10 +112,36 @@ class EncoderNode(Node):
                 raise common.StartupError(reason)
         self._params = p
         try:
-            self._codec_options = parse_codec_options(p["codec_options"])
-            self._backend = create_backend(p["codec"], **self._codec_options)
-        except Exception as exc:  # noqa: BLE001 - CodecError, or a backend that cannot load (weights, ...)
+            options = codec_switch.check_codec_options(p["codec"], parse_codec_options(p["codec_options"]))
+            self._backend = codec_switch.build_backend(p["codec"], options)
+        except Exception as exc:
             raise common.StartupError(f"cannot start codec {p['codec']!r}: {exc}") from exc
+        codec_switch.apply_node_options(p["codec"], options)
+        # the codec in force, and the one asked for (they differ while a new backend is built):
+        # (codec name, options, the codec_options text they came from)
+        self._active = self._target = (p["codec"], options, p["codec_options"])
+        self._build_done = self.create_guard_condition(self._on_backend_built)
+        self._builder = codec_switch.BackgroundBuilder(
+            lambda key: codec_switch.build_backend(key[0], key[1]), self._build_done.trigger)
+        self._stale_drops = 0
+        # rate control (target_kbps > 0): made on the first frame, per codec
+        target = p["target_kbps"]
+        if 0 < target < MIN_TARGET_KBPS:
+            raise common.StartupError(f"target_kbps {target:g} is below what one frame can carry (at least "
+                                      f"{MIN_TARGET_KBPS:g} kbit/s; 0 = rate control off)")
+        self._rc: Optional[ratecontrol.RateController] = None
+        self._rc_key = None
+        self._adapter: Optional[ratecontrol.LinkAdapter] = None
+        self._sent_log = ratecontrol.SentLog()
+        self._last_pixels: Optional[int] = None
+        self._pending = None          # the newest pair waiting to be coded (rate control on)
+        self._superseded = 0
+        self._rate_skips = 0
+        self._recoded = 0
+        self._feedback_refused = 0
+        self._encode_due = self.create_guard_condition(self._on_encode_due)
+        self._img_subs: List[Any] = []
+        self._feedback_sub = self.create_subscription(LinkFeedback, "rgbd/link_feedback", self._on_feedback, 10)
         self._pairer = StampPairer(slop_s=p["slop"], queue_size=p["queue_size"], exact=p["exact_time"])
         self.stats = StreamStats()
         self._last_error: Optional[str] = None
@@ -119,6 +182,7 @@ class EncoderNode(Node):
             self.create_subscription(Image, "color/image_raw", self._on_color, self._in_qos),
             self.create_subscription(Image, "depth/image_raw", self._on_depth, self._in_qos),
         ]
+        self._img_subs = list(self._subs)
         if self._params["use_camera_info"]:
             self._subs += [
                 self.create_subscription(CameraInfo, "color/camera_info", self._on_color_info, self._in_qos),
@@ -129,6 +193,8 @@ class EncoderNode(Node):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        self._img_subs = []
+        self._pending = None
         self._pairer.reset()
 
     def _update_subscriptions(self) -> None:
@@ -143,31 +209,220 @@ class EncoderNode(Node):
     # ---------------------------------------------------------------- parameters
 
     def _on_set_parameters(self, params) -> Any:
+        """Check everything first; apply only what passed (rclpy has checked the ranges)."""
         changes = {prm.name: prm.value for prm in params}
-        codec = changes.get("codec", self._params["codec"])
-        try:
-            options = parse_codec_options(changes.get("codec_options", self._params["codec_options"]))
-        except CodecError as exc:
-            return common.result(str(exc))
+        if "target_kbps" in changes:
+            reason = self._check_target(changes["target_kbps"])
+            if reason is not None:
+                return common.result(reason)
         if "codec" in changes or "codec_options" in changes:
-            try:
-                if codec != self._backend.name:
-                    backend = create_backend(codec, **options)  # the old one stays if this fails
-                else:
-                    # Same codec: reconfigure in place (a learned backend keeps its loaded
-                    # weights). Options left out of the new string keep their values.
-                    self._backend.configure(**options)
-                    backend = self._backend
-            except Exception as exc:  # noqa: BLE001 - the node keeps the backend it has
-                return common.result(f"codec {codec!r} refused the options: {exc}")
-            self._backend, self._codec_options = backend, options
-            self.get_logger().info(f"now coding with {backend.name} ({backend.quality})")
+            reason = self._change_codec(changes.get("codec", self._params["codec"]),
+                                        changes.get("codec_options", self._params["codec_options"]))
+            if reason is not None:
+                return common.result(reason)
         sync_changes = {k: changes[k] for k in ("slop", "queue_size", "exact_time") if k in changes}
         if sync_changes:
             self._pairer.configure(slop_s=sync_changes.get("slop"), queue_size=sync_changes.get("queue_size"),
                                    exact=sync_changes.get("exact_time"))
+        was_on = self._rate_on()
         self._params.update(changes)
+        if was_on and not self._rate_on():
+            self._rate_off()
+        elif self._rc is not None and ("target_kbps" in changes or "adapt_to_link" in changes):
+            self._retarget()
+        if self._rc is not None and "depth_share" in changes:
+            self._rc.depth_share = changes["depth_share"]
         return common.result(None)
+
+    # ---------------------------------------------------------------- rate control
+
+    def _rate_on(self) -> bool:
+        return self._params["target_kbps"] > 0
+
+    def _min_target_kbps(self) -> float:
+        """What one frame at the cheapest settings needs (once a frame has shown its size)."""
+        if self._last_pixels is None:
+            return MIN_TARGET_KBPS
+        rc = self._rc if self._rc is not None and self._rc_key == self._controller_key() else \
+            self._new_controller(1.0)
+        return max(MIN_TARGET_KBPS, rc.min_target_kbps(self._last_pixels))
+
+    def _check_target(self, target: float) -> Optional[str]:
+        if target == 0:
+            return None
+        floor = self._min_target_kbps()
+        if target < floor:
+            size = f" for {self._last_pixels} pixels" if self._last_pixels else ""
+            return (f"target_kbps {target:g} is below what one frame can carry: one frame at the cheapest "
+                    f"settings{size} needs about {floor:.0f} kbit/s to fit a 1 s window (0 = rate control off)")
+        return None
+
+    def _controller_key(self):
+        codec, options, _ = self._active
+        return (codec, options.get("color_codec"), options.get("depth_codec"), options.get("weights"))
+
+    def _new_controller(self, target: float) -> ratecontrol.RateController:
+        codec, options, _ = self._active
+        if codec == "learned":
+            rungs, prior = ratecontrol.learned_ladder()
+            if self._backend.name == "learned":  # the qualities this model takes
+                ok = []
+                for i, r in enumerate(rungs):
+                    try:
+                        self._backend.configure(**r)
+                        ok.append(i)
+                    except CodecError:
+                        pass
+                rungs, prior = [rungs[i] for i in ok] or rungs, [prior[i] for i in ok] or prior
+            streams = [(rungs, prior)]
+        else:
+            lossless = options.get("depth_codec") if options.get("depth_codec") in ("rvl", "png") else "rvl"
+            streams = [ratecontrol.classical_color_ladder(), ratecontrol.classical_depth_ladder(lossless)]
+        return ratecontrol.RateController(target, streams, depth_share=self._params["depth_share"])
+
+    def _controller(self) -> ratecontrol.RateController:
+        key = self._controller_key()
+        if self._rc is None or self._rc_key != key:
+            self._rc, self._rc_key = self._new_controller(self._params["target_kbps"]), key
+            self._retarget()
+        return self._rc
+
+    def _target_in_force(self) -> float:
+        target = self._params["target_kbps"]
+        if self._params["adapt_to_link"] and self._adapter is not None:
+            return min(target, self._adapter.kbps)
+        return target
+
+    def _retarget(self) -> None:
+        target = self._params["target_kbps"]
+        floor = self._min_target_kbps()
+        if self._adapter is None:
+            self._adapter = ratecontrol.LinkAdapter(target, min_kbps=floor)
+        else:
+            self._adapter.set_limits(target, floor)
+        if self._rc is not None:
+            self._rc.set_target(self._target_in_force())
+
+    def _rate_off(self) -> None:
+        """target_kbps back to 0: the options of codec_options are in force again."""
+        codec, options, _ = self._active
+        self._rc, self._rc_key, self._pending = None, None, None
+        if codec == "classical":
+            from rgbd_codec_ros.codec.classical import DEFAULTS
+            restore = {k: options.get(k, DEFAULTS[k]) for k in RATE_OPTIONS["classical"]}
+        elif codec == "learned":
+            restore = {"quality": options.get("quality", 1.0)}
+        else:
+            return
+        try:
+            self._backend.configure(**restore)
+        except Exception as exc:
+            self.get_logger().warning(f"rate control off: cannot restore {restore}: {exc}")
+
+    def _on_feedback(self, msg) -> None:
+        """A link feedback report: anything may arrive here (late, missing keys, nonsense)."""
+        try:
+            values = {str(kv.key): str(kv.value) for kv in msg.values}
+            report = ratecontrol.parse_feedback(values)
+        except Exception:
+            report = None
+        if report is None:
+            self._feedback_refused += 1
+        if not (self._rate_on() and self._params["adapt_to_link"]):
+            return
+        if self._adapter is None:
+            self._retarget()
+        loss = None
+        if report is not None:
+            loss = self._adapter.loss_from(report, self._sent_log)
+            if loss is None and report.get("frames") == 0:
+                # nothing arrived in the period while frames older than a second were sent: a dead link
+                now_ns = self.get_clock().now().nanoseconds
+                if self._sent_log.count_between(int(report["last_stamp_ns"]), now_ns - 1_000_000_000) >= 3:
+                    loss = 1.0
+        before = self._adapter.kbps
+        self._adapter.update(time.monotonic(), report, loss)
+        if self._rc is not None:
+            self._rc.set_target(self._target_in_force())
+        if abs(self._adapter.kbps - before) > 0.2 * before:
+            self.get_logger().info(f"link {self._adapter.state}: target in force {self._adapter.kbps:.0f} kbit/s "
+                                   f"(loss {loss if loss is not None else float('nan'):.2f}, queuing delay "
+                                   f"{self._adapter.last_queue_ms if self._adapter.last_queue_ms is not None else float('nan'):.0f} ms)")
+
+    def _change_codec(self, codec: str, text: str) -> Optional[str]:
+        """Take a new codec / codec_options: None if accepted, else the reason it is refused.
+
+        Options left out of the string keep their values while the codec stays the same.
+        """
+        try:
+            options = codec_switch.check_codec_options(codec, parse_codec_options(text))
+        except CodecError as exc:
+            return str(exc)
+        base_codec, base_options, _ = self._target
+        wanted = dict(base_options, **options) if codec == base_codec else options
+        active_codec, active_options, _ = self._active
+        same_codec = codec == active_codec
+        if same_codec and wanted == active_options:  # nothing to build (or back to what is in force)
+            if self._builder.busy:
+                self._builder.cancel()
+                self.get_logger().info(f"keeping {self._backend.name} ({self._backend.quality})")
+            self._target = self._active
+            return None
+        if same_codec and not codec_switch.needs_rebuild(codec, active_options, wanted):
+            changed = {k: v for k, v in wanted.items() if active_options.get(k) != v}
+            try:  # validates every value before applying any
+                codec_switch.configure_in_place(self._backend, codec, changed)
+            except Exception as exc:
+                return f"codec {codec!r} refused the options: {exc}"
+            self._builder.cancel()
+            self._go_live(self._backend, codec, wanted, text)
+            return None
+        if codec in codec_switch.CHEAP_CODECS:
+            try:
+                backend = codec_switch.build_backend(codec, wanted)
+            except Exception as exc:
+                return f"codec {codec!r} refused the options: {exc}"
+            self._builder.cancel()
+            self._go_live(backend, codec, wanted, text)
+            return None
+        # slow to make (weights to load): off the executor thread; frames keep their backend
+        self._target = (codec, wanted, text)
+        self._builder.request((codec, wanted))
+        self.get_logger().info(f"making codec {codec!r} ({text or 'default options'}) in the background; "
+                               f"coding with {self._backend.name} until it is ready")
+        return None
+
+    def _go_live(self, backend, codec: str, options: Dict[str, Any], text: str) -> None:
+        """Put a backend in force (between two frames: this runs in the executor thread)."""
+        old, self._backend = self._backend, backend
+        self._active = self._target = (codec, options, text)
+        codec_switch.apply_node_options(codec, options)
+        if old is not backend:
+            del old
+            codec_switch.release_memory()
+        self.get_logger().info(f"now coding with {backend.name} ({backend.quality})")
+
+    def _on_backend_built(self) -> None:
+        done = self._builder.take()
+        if done is None:  # superseded meanwhile
+            return
+        (codec, options), backend, error = done
+        if self._target[:2] != (codec, options):
+            return
+        if backend is not None:
+            self._go_live(backend, codec, options, self._target[2])
+            return
+        active_codec, _, active_text = self._active
+        self.get_logger().error(
+            f"cannot switch to codec {codec!r} ({self._target[2] or 'default options'}): {error}; still "
+            f"coding with {self._backend.name} ({self._backend.quality}), parameters set back")
+        self._target = self._active
+        # the parameters say what is in force (the callback sees no change and accepts)
+        self.set_parameters_atomically([Parameter("codec", Parameter.Type.STRING, active_codec),
+                                        Parameter("codec_options", Parameter.Type.STRING, active_text)])
+
+    def finish(self) -> None:
+        self._builder.close()
 
     # ---------------------------------------------------------------- callbacks
 
@@ -179,10 +434,44 @@ class EncoderNode(Node):
 
     def _on_color(self, msg: Image) -> None:
         for pair in self._pairer.add_color(common.stamp_ns(msg.header.stamp), msg):
-            self._encode(pair.color, pair.depth)
+            self._take_pair(pair)
 
     def _on_depth(self, msg: Image) -> None:
         for pair in self._pairer.add_depth(common.stamp_ns(msg.header.stamp), msg):
+            self._take_pair(pair)
+
+    def _take_pair(self, pair) -> None:
+        if not self._rate_on():
+            self._encode(pair.color, pair.depth)
+            return
+        # rate control: the newest pair waits for its turn; an older one waiting is replaced
+        if self._pending is not None:
+            self._superseded += 1
+            for stats in self._all_stats():
+                stats.dropped += 1
+        self._pending = pair
+        self._encode_due.trigger()
+
+    def _drain_inputs(self) -> None:
+        """Take every image already waiting in the subscriptions, so that the newest pair is coded
+        (the executor takes one message per subscription per turn)."""
+        for sub, callback in zip(self._img_subs, (self._on_color, self._on_depth)):
+            for _ in range(100):
+                try:
+                    with sub.handle:
+                        taken = sub.handle.take_message(sub.msg_type, sub.raw)
+                except Exception:
+                    return
+                if taken is None:
+                    break
+                callback(taken[0])
+
+    def _on_encode_due(self) -> None:
+        if self._pending is None:
+            return
+        self._drain_inputs()
+        pair, self._pending = self._pending, None
+        if pair is not None:
             self._encode(pair.color, pair.depth)
 
     def _infos_to_send(self):
@@ -190,20 +479,43 @@ class EncoderNode(Node):
         self._info_schedule.period = self._params["camera_info_period"]
         return self._info_schedule.infos_for_frame(self._color_info, self._depth_info)
 
+    def _too_old(self, color_msg: Image) -> bool:
+        """Count and report a pair whose capture is older than max_age_s (it is not coded)."""
+        max_age = self._params["max_age_s"]
+        if max_age <= 0:
+            return False
+        age = (self.get_clock().now().nanoseconds - common.stamp_ns(color_msg.header.stamp)) / 1e9
+        if age <= max_age:
+            return False
+        self._stale_drops += 1
+        for stats in self._all_stats():
+            stats.dropped += 1
+        self.get_logger().warning(
+            f"pair stamped {color_msg.header.stamp.sec}.{color_msg.header.stamp.nanosec:09d} is {age:.1f} s old "
+            f"when its turn comes, over max_age_s {max_age:g}: dropped without coding ({self._stale_drops} so far; "
+            "max_age_s 0 turns this off, e.g. for replayed data without use_sim_time)",
+            throttle_duration_sec=5.0)
+        return True
+
     def _encode(self, color_msg: Image, depth_msg: Image) -> None:
+        if self._too_old(color_msg):
+            return
         start = time.perf_counter()
         try:
             color_arr = convert.image_to_array(color_msg)
             depth_arr = convert.image_to_array(depth_msg)
             frame = convert.images_to_frame(color_arr, color_msg.encoding, depth_arr, depth_msg.encoding,
                                             self._params["depth_scale_per_m"])
+            if self._rate_on():
+                self._encode_to_budget(frame, color_msg, depth_msg, start)
+                return
             encoded = self._backend.encode(frame)
             fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding)
         except CodecError as exc:
             self._refuse(f"pair at {color_msg.header.stamp.sec}.{color_msg.header.stamp.nanosec:09d} "
                          f"dropped: {exc}")
             return
-        except Exception as exc:  # noqa: BLE001 - a backend bug must not stop the node
+        except Exception as exc:
             self._refuse(f"pair dropped, {self._backend.name} failed: {type(exc).__name__}: {exc}")
             return
         out = CompressedRGBD()
@@ -216,6 +528,48 @@ class EncoderNode(Node):
         raw = len(color_msg.data) + len(depth_msg.data)
         for stats in self._all_stats():
             stats.add(raw, len(fields["payload"]), latency)
+
+    def _encode_to_budget(self, frame, color_msg: Image, depth_msg: Image, start: float) -> None:
+        """Code one frame within the budget: re-coded smaller or skipped if it would break the window."""
+        rc = self._controller()
+        pixels = frame.width * frame.height
+        self._last_pixels = pixels
+        plan = rc.plan(time.monotonic(), pixels)
+        color_info, depth_info = self._infos_to_send()
+        slow = self._backend.name != "classical"  # re-coding a learned frame costs as much as the next frame
+        while True:
+            if plan is None:
+                self._rate_skips += 1
+                for stats in self._all_stats():
+                    stats.dropped += 1
+                return
+            self._backend.configure(**plan.options)
+            encoded = self._backend.encode(frame)
+            fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding)
+            out = CompressedRGBD()
+            convert.fill_compressed(out, fields, header=color_msg.header, depth_header=depth_msg.header)
+            out.color_camera_info = [color_info] if color_info is not None else []
+            out.depth_camera_info = [depth_info] if depth_info is not None else []
+            data = serialize_message(out)
+            bits = 8.0 * len(data)
+            streams = [None if encoded.bytes_rgb is None else 8.0 * encoded.bytes_rgb,
+                       None if encoded.bytes_depth is None else 8.0 * encoded.bytes_depth]
+            rc.observe(plan, streams, bits)
+            now = time.monotonic()
+            if rc.fits(now, bits):
+                break
+            if slow:
+                plan = None
+                continue
+            self._recoded += 1
+            plan = rc.smaller(plan, bits, now)
+        self._pub.publish(data)
+        rc.sent(now, bits, plan)
+        self._sent_log.add(common.stamp_ns(color_msg.header.stamp))
+        latency = time.perf_counter() - start
+        raw = len(color_msg.data) + len(depth_msg.data)
+        for stats in self._all_stats():
+            stats.add(raw, len(data), latency)
 
     def _refuse(self, reason: str) -> None:
         for stats in self._all_stats():
@@ -239,6 +593,9 @@ class EncoderNode(Node):
             level, text = DiagnosticStatus.OK, "idle: nobody subscribes to rgbd/compressed"
         elif w["frames"] == 0 and w["errors"] > 0:
             level, text = DiagnosticStatus.ERROR, f"every pair refused: {self._last_error}"
+        elif w["frames"] == 0 and w["dropped"] > 0:
+            level, text = DiagnosticStatus.WARN, (f"every pair older than max_age_s "
+                                                  f"{self._params['max_age_s']:g} s: dropped uncoded")
         elif since is None or since > 5.0:
             level, text = DiagnosticStatus.WARN, "no synchronized colour + depth pairs coming in"
         elif w["errors"]:
@@ -251,7 +608,19 @@ class EncoderNode(Node):
                   "compression_ratio": w["ratio"], "encode_latency_ms": w["latency_ms"],
                   "encode_latency_max_ms": 1000.0 * self.stats.latency_max_s,
                   "refused": self.stats.errors, "sync_drops": self._sync_drops(),
-                  "subscribed": bool(self._subs)}
+                  "stale_drops": self._stale_drops, "subscribed": bool(self._subs),
+                  "codec_pending": self._target[0] if self._builder.busy else "",
+                  "target_kbps": self._params["target_kbps"],
+                  "target_in_force_kbps": self._target_in_force() if self._rate_on() else 0.0,
+                  "rate_skips": self._rate_skips, "recoded": self._recoded, "superseded": self._superseded,
+                  "feedback_refused": self._feedback_refused}
+        if self._adapter is not None and self._params["adapt_to_link"]:
+            values["link_state"] = self._adapter.state
+            values["link_loss"] = -1.0 if self._adapter.last_loss is None else self._adapter.last_loss
+            values["link_queue_ms"] = -1.0 if self._adapter.last_queue_ms is None else self._adapter.last_queue_ms
+        threads = codec_switch.torch_threads()
+        if threads is not None:
+            values["torch_threads"] = threads
         self._diag_pub.publish(common.diagnostic_array(self, level, text, values, "encoder"))
 
     def _log_statistics(self) -> None:
@@ -261,7 +630,10 @@ class EncoderNode(Node):
         self.get_logger().info(
             f"{w['frames']} frames in {w['seconds']:.1f} s ({w['fps']:.1f} fps), {w['kbit_s']:.0f} kbit/s, "
             f"ratio {w['ratio']:.1f}:1, encode {w['latency_ms']:.1f} ms; total {self.stats.frames} frames, "
-            f"{self.stats.bytes_out} bytes, refused {self.stats.errors}, sync drops {self._sync_drops()}")
+            f"{self.stats.bytes_out} bytes, refused {self.stats.errors}, sync drops {self._sync_drops()}, "
+            f"stale drops {self._stale_drops}"
+            + (f"; target {self._target_in_force():.0f} kbit/s, rate skips {self._rate_skips}, re-coded "
+               f"{self._recoded}, superseded {self._superseded}" if self._rate_on() else ""))
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ from rgbd_codec_ros.codec.base import CodecError
 from rgbd_codec_ros.ros import common
 from rgbd_codec_ros.ros.sources import open_source
 
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image
 
 NODE_NAME = "rgbd_player"
 

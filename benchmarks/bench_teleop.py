@@ -1,0 +1,102 @@
+"""Teleoperation benchmark: encoder -> rgbd_link_emulator -> decoder at several bit-rate budgets.
+
+For each source (real shared sequences played at 10 Hz, and the synthetic room), each budget
+(default 500, 1000, 2000, 5000 kbit/s) and each contender, it runs ``rgbd-demo`` with the
+link 25 % above the budget, 50 ms one-way delay and 1 % random loss, and prints what the
+operator gets: delivered fps, p50/p95 latency (capture stamp to decoded image), RGB PSNR,
+depth RMSE and depth maximum error, and the bit rate sent (mean and highest 1 s window).
+
+Contenders:
+- ``classical``: our classical codec under rate control (target = budget, adapt_to_link);
+- ``learned``: our learned codec under rate control (slow on a CPU: flagged when it cannot
+  keep up with 10 Hz);
+- ``ros-defaults``: what users get today: JPEG q80 + compressedDepth-style PNG, no rate control.
+
+    .venv/bin/python benchmarks/bench_teleop.py                       # everything (long)
+    .venv/bin/python benchmarks/bench_teleop.py --budgets 1000 --sources realsense_d4xx_visp_rbt \\
+        --contenders classical ros-defaults --duration 15 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RGBD_DATA_DIR", REPO / ".." / "shared" / "data" / "rgbd"))
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data/rgbd")
+
+CONTENDERS = {
+    "classical": {"codec": "classical", "codec_options": "", "rate_control": True},
+    "learned": {"codec": "learned", "codec_options": "threads=1", "rate_control": True},
+    "ros-defaults": {"codec": "classical", "codec_options": "color_quality=80, depth_codec=png, png_level=3",
+                     "rate_control": False},
+}
+
+
+def run_one(source: str, budget: float, contender: str, duration: float, rate: float, log_root: Path) -> dict:
+    spec = CONTENDERS[contender]
+    out = Path(tempfile.mkstemp(suffix=".json", dir=log_root)[1])
+    cmd = [sys.executable, "-m", "rgbd_codec_ros.ros.demo", "--duration", str(duration), "--rate", str(rate),
+           "--codec", spec["codec"], "--codec-options", spec["codec_options"],
+           "--source", source if source == "synthetic" else str(DATA / source),
+           "--link-kbps", str(1.25 * budget), "--link-delay-ms", "50", "--link-loss", "1",
+           "--json", str(out), "--log-dir", str(log_root / f"{Path(source).name}_{int(budget)}_{contender}"),
+           "--startup-timeout", "240"]
+    if spec["rate_control"]:
+        cmd += ["--target-kbps", str(budget), "--adapt-to-link"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 400)
+    if proc.returncode != 0 or not out.stat().st_size:
+        return {"error": (proc.stderr or proc.stdout)[-600:]}
+    return json.loads(out.read_text())["summary"]
+
+
+def _f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sources", nargs="+", default=["realsense_d4xx_visp_rbt", "synthetic"])
+    p.add_argument("--budgets", nargs="+", type=float, default=[500, 1000, 2000, 5000])
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
+    p.add_argument("--duration", type=float, default=20.0, help="seconds measured per run (default 20)")
+    p.add_argument("--rate", type=float, default=10.0, help="camera rate, Hz (default 10)")
+    p.add_argument("--json", default=None, help="write all results here")
+    args = p.parse_args(argv)
+    log_root = Path(tempfile.mkdtemp(prefix="bench-teleop-"))
+    print(f"link = 1.25 x budget, 50 ms delay, 1 % loss; {args.rate:g} Hz; {args.duration:g} s per run; "
+          f"logs in {log_root}", flush=True)
+    header = (f"{'source':26s} {'budget':>6s} {'contender':13s} {'fps':>5s} {'p50ms':>6s} {'p95ms':>6s} "
+              f"{'PSNR':>5s} {'dRMSE':>6s} {'dMAX':>6s} {'kbps':>6s} {'max1s':>6s}  note")
+    print(header + "\n" + "-" * len(header), flush=True)
+    results = []
+    for source in args.sources:
+        for budget in args.budgets:
+            for contender in args.contenders:
+                r = run_one(source, budget, contender, args.duration, args.rate, log_root)
+                results.append({"source": source, "budget_kbps": budget, "contender": contender, **r})
+                if "error" in r:
+                    print(f"{source:26s} {budget:6.0f} {contender:13s} failed: {r['error'][-200:]}", flush=True)
+                    continue
+                note = []
+                if r["fps"] < 0.9 * args.rate:
+                    note.append(f"cannot keep up with {args.rate:g} Hz")
+                if r["kbps_max_1s"] > 1.1 * budget:
+                    note.append("over budget")
+                print(f"{source:26s} {budget:6.0f} {contender:13s} {r['fps']:5.1f} {_f(r['latency_ms_p50'], '6.0f')} "
+                      f"{_f(r['latency_ms_p95'], '6.0f')} {_f(r['rgb_psnr_db'], '5.1f')} "
+                      f"{_f(r['depth_rmse_mm'], '6.1f')} {_f(r['depth_max_err_mm'], '6.0f')} "
+                      f"{r['kbps_mean']:6.0f} {r['kbps_max_1s']:6.0f}  {'; '.join(note)}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
