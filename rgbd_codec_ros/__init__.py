@@ -7,7 +7,14 @@ Sub-packages:
 - ``ros``: the rclpy nodes (thin: conversion, sync, parameters, QoS, diagnostics).
 - ``cli``: the ``rgbd-codec`` command line.
 """
+import os as _os
 import pkgutil as _pkgutil
+
+# OpenMP threads that spin while they wait made the learned codec's entropy path 7 s instead of
+# 0.5 s, and training steps ~50x slower, when another process shares the cores (a robot always
+# runs others). It is read once, when torch loads OpenMP, which happens after this import in
+# every entry point (nodes, CLI, training); a value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

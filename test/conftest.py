@@ -264,3 +264,23 @@ def reliable_qos(depth: int = 100):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+
+
+# --------------------------------------------------------------------------- learned-codec fixtures
+@pytest.fixture(scope="session")
+def untrained_tiny_weights(tmp_path_factory) -> str:
+    import torch
+    from rgbd_codec_ros.codec.learned.model import build_model
+    torch.manual_seed(1234)
+    model = build_model("tiny").eval()
+    path = tmp_path_factory.mktemp("weights") / "tiny_untrained.pt"
+    model.export_weights(str(path), {"name": "tiny-untrained"})
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_weights() -> str:
+    from learned_fixtures import TRAINED_TINY
+    if not TRAINED_TINY.is_file():
+        pytest.fail(f"{TRAINED_TINY} is missing; see test/data/README.md to regenerate it")
+    return str(TRAINED_TINY)

@@ -16,7 +16,7 @@ from rgbd_codec_ros.codec.learned.depth import (decode_far_depth, decode_mask, e
                                                  far_step, fill_holes)
 from rgbd_codec_ros.codec.learned.model import build_model, load_model
 
-from learned_fixtures import load_pair, trained_tiny_weights, untrained_tiny_weights  # noqa: F401
+from learned_fixtures import load_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

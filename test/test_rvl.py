@@ -8,7 +8,7 @@ import pytest
 from rgbd_codec_ros.codec import rvl
 from rgbd_codec_ros.codec.base import CodecError
 
-from conftest import DATA_DIR  # noqa: E402
+from conftest import DATA_DIR
 
 DATA = DATA_DIR
 SOURCES = ("7scenes_kinect1", "osd_kinect_pcl_mosd", "realsense_d435_taeyoung",

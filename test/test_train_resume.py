@@ -12,7 +12,6 @@ import torch
 
 from rgbd_codec_ros.cli import main
 
-from learned_fixtures import trained_tiny_weights  # noqa: F401
 
 torch.set_num_threads(1)
 
