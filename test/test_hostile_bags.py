@@ -6,7 +6,7 @@ wrote from the shared RGB-D data, re-packed into .mcap records written here byte
 (https://mcap.dev/spec) with one forged chunk, or a .db3 written by the project's own writer
 with one forged row. Every refusal is checked in a separate process whose address space is
 capped (RLIMIT_AS), so a reader that did decompress a bomb would fail, not swap, and whose
-peak resident memory (ru_maxrss from wait4) is compared with a bound.
+peak resident memory (its own VmHWM) is compared with a bound.
 """
 from __future__ import annotations
 
@@ -171,16 +171,27 @@ def run_capped(args, cwd: Path):
         resource.setrlimit(resource.RLIMIT_CPU, (120, 120))
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out_path, err_path = cwd / ".stdout.txt", cwd / ".stderr.txt"
+    out_path, err_path, hwm_path = cwd / ".stdout.txt", cwd / ".stderr.txt", cwd / ".vmhwm.txt"
+    # The peak is the child's own VmHWM, written by the child at exit: ru_maxrss of a forked
+    # child also counts the pages it shared with the (large, torch-laden) test process at fork.
+    wrapper = ("import atexit, runpy, sys\n"
+               f"def _hwm():\n    open({str(hwm_path)!r}, 'w').write("
+               "[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0])\n"
+               "atexit.register(_hwm)\n"
+               "sys.argv = ['rgbd-codec'] + sys.argv[1:]\n"
+               "runpy.run_module('rgbd_codec_ros.cli', run_name='__main__')\n")
     with out_path.open("w") as out, err_path.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rgbd_codec_ros.cli", *map(str, args)],
+        proc = subprocess.Popen([sys.executable, "-c", wrapper, *map(str, args)],
                                 stdout=out, stderr=err, env=env, cwd=str(cwd), preexec_fn=limits)
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out_path.read_text(), err_path.read_text()
     out_path.unlink()
     err_path.unlink()
-    return proc.returncode, stdout, stderr, usage.ru_maxrss * 1024
+    assert hwm_path.is_file(), f"the CLI did not exit normally ({proc.returncode}): {stderr[-500:]}"
+    peak = int(hwm_path.read_text().split()[1]) * 1024      # "VmHWM:  12345 kB"
+    hwm_path.unlink()
+    return proc.returncode, stdout, stderr, peak
 
 
 def error_lines(stderr: str):
