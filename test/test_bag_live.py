@@ -35,8 +35,8 @@ def _have_message() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _have_message(),
-                                reason="CompressedRGBD type support not built (scripts/setup_venv.sh)")
+pytestmark = [pytest.mark.ros, pytest.mark.skipif(not _have_message(),
+                                reason="CompressedRGBD type support not built (scripts/setup_venv.sh)")]
 
 CLI = [sys.executable, "-c", "import sys; from rgbd_codec_ros.cli import main; sys.exit(main())"]
 

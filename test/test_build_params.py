@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
 LAUNCH = REPO / "launch"

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = Path(sys.prefix)
 SITE = PREFIX / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
@@ -110,6 +112,7 @@ def test_venv_route_installed_package():
     assert res.returncode == 0 and "rgbd-codec" in res.stdout, res.stderr
 
 
+@pytest.mark.slow  # re-runs scripts/setup_venv.sh up to three times
 @pytest.mark.skipif(PREFIX != REPO / ".venv", reason="tests run from another environment than <repo>/.venv")
 def test_setup_venv_rerun_skips_finished_steps():
     """scripts/setup_venv.sh is idempotent: once it has run, a re-run redoes nothing."""
@@ -178,6 +181,7 @@ def colcon_install(tmp_path_factory):
     yield install / "rgbd_codec_ros", sourced
 
 
+@pytest.mark.slow
 def test_colcon_route_layout(colcon_install):
     prefix, _ = colcon_install
     for exe in ("encoder_node", "decoder_node", "player_node"):
@@ -193,6 +197,7 @@ def test_colcon_route_layout(colcon_install):
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "rgbd_codec_ros").is_file()
 
 
+@pytest.mark.slow
 def test_colcon_route_imports_merged_package(colcon_install):
     prefix, env = colcon_install
     res = _run([sys.executable, "-c", IMPORT_CHECK], env=env, cwd="/")
@@ -203,6 +208,7 @@ def test_colcon_route_imports_merged_package(colcon_install):
     assert msg_file == str(site / "rgbd_codec_ros" / "msg" / "__init__.py")
 
 
+@pytest.mark.slow
 def test_colcon_route_node_executable_runs(colcon_install):
     prefix, env = colcon_install
     _wait_for_node_then_interrupt([str(prefix / "lib" / "rgbd_codec_ros" / "decoder_node")], env,

@@ -87,6 +87,7 @@ def test_max_pixels_option_bounds_the_declared_size(tiny_backend, real_payload):
             LearnedBackend(weights=str(TRAINED_TINY), threads=bad)
 
 
+@pytest.mark.slow
 def test_forged_rans_streams_never_crash_the_process():
     """Word-aligned streams of garbage reach compressai's native decoder (which has no bounds
     checks): decoding them must end in the latent-hash refusal, never in a signal."""
@@ -124,6 +125,7 @@ def test_forged_rans_streams_never_crash_the_process():
     assert "refused 62" in r.stdout
 
 
+@pytest.mark.slow
 def test_fuzz_learned_container_with_valid_crcs(real_payload):
     """Mutated headers and sections, re-packed with valid CRCs by the project's packer: every
     one decodes to a frame of its declared shape or is a CodecError; the process survives."""

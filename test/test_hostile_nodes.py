@@ -24,6 +24,8 @@ from conftest import NodeProcess, Probe, load_real_pairs, make_image, reliable_q
 from learned_fixtures import TRAINED_TINY
 from test_ros_pipeline import compressed_msg
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 SHIPPED_WEIGHTS = "lite-separate.pt"
 
 

@@ -9,6 +9,8 @@ import pytest
 from conftest import unique_namespace
 from rgbd_codec_ros.ros.dds_env import PROFILE_FILE_NAME, domain_id_for, find_config_file, localhost_dds_env
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 
 def test_environment_values():
     env = localhost_dds_env(base={"PATH": "/bin", "ROS_STATIC_PEERS": "10.0.0.1"}, domain_id=42)

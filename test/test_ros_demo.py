@@ -6,7 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
 
 
 def run_demo(*args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import NodeProcess, Probe, load_real_pairs, reliable_qos, unique_namespace
 
+# ROS messages and a live decoder over DDS; slow: thousands of fuzzed decodes
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
 SEED = 20240611
 N_FIELD_AND_PAYLOAD = 3000
 N_CDR = 1000

@@ -13,6 +13,8 @@ from conftest import NodeProcess, Probe, load_real_pairs, unique_namespace
 from learned_fixtures import TRAINED_TINY
 from test_ros_pipeline import Pipeline
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 
 @pytest.fixture(scope="module")
 def learned_pipeline(rclpy_context, tmp_path_factory):

@@ -23,6 +23,8 @@ import pytest
 from conftest import (NodeProcess, Probe, load_real_pairs, make_image, psnr, reliable_qos,
                       unique_namespace)
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 #: JPEG at the classical codec's default quality 90 keeps real 640x480 frames well above this
 PSNR_FLOOR_DB = 30.0
 RATE_HZ = 10.0

@@ -14,6 +14,8 @@ from rgbd_codec_ros.codec.base import CodecError
 from rgbd_codec_ros.ros.sources import FolderSource, open_source
 from rgbd_codec_ros.synthetic import SyntheticSequence
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 
 def stamp_ns(header) -> int:
     return header.stamp.sec * 10**9 + header.stamp.nanosec

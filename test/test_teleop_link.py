@@ -15,6 +15,8 @@ import pytest
 
 from conftest import load_real_pairs, make_image, reliable_qos, unique_namespace
 
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
+
 SOURCE = "realsense_d4xx_visp_rbt"
 COLOR_FRAME = "teleop_color_optical"
 

@@ -7,8 +7,11 @@ back-projects every pixel itself with the inverse of K, the textbook way.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import load_real_pairs, reliable_qos, unique_namespace
+
+pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
 
 COLOR_FRAME = "points_color_optical"
 

@@ -7,7 +7,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # two torchrun ranks train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -48,6 +48,7 @@ def _assert_same_opt(a, b):
             assert torch.equal(torch.as_tensor(a["state"][i][k]), torch.as_tensor(b["state"][i][k]))
 
 
+@pytest.mark.slow
 def test_exact_resume(tmp_path, base_args):
     a, b = tmp_path / "a", tmp_path / "b"
     export = tmp_path / "tiny.pt"
@@ -85,6 +86,7 @@ def test_exact_resume(tmp_path, base_args):
     assert meta["validation_data"][0]["name"] == "realsense_d435_taeyoung"
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_model(tmp_path, base_args, capsys):
     d = tmp_path / "c"
     assert main(base_args + ["--checkpoint-dir", str(d), "--stop-at", "1", "--val-every", "100"]) == 0
@@ -94,6 +96,7 @@ def test_resume_refuses_another_model(tmp_path, base_args, capsys):
     assert "trained with --preset tiny" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_init_weights_fine_tunes_finished_weights(tmp_path, base_args, trained_tiny_weights, capsys):
     """--init-weights starts from a finished model (same first batch: a lower loss than from scratch),
     with the warm-up ramp, and refuses weights of another model."""

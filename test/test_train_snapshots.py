@@ -49,6 +49,7 @@ def test_cosine_schedule_is_a_function_of_the_step():
     assert lr_at(810, cfg, warmup_from=800) == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_snapshot_resume_and_ema_export(tmp_path, args):
     snap = tmp_path / "snap.pt"
     ck = tmp_path / "ck"
@@ -90,6 +91,7 @@ def test_snapshot_resume_and_ema_export(tmp_path, args):
         assert torch.equal(shipped[k].half(), v), k
 
 
+@pytest.mark.slow
 def test_time_budget_and_sigterm_stop_cleanly(tmp_path, args):
     ck = tmp_path / "ck"
     assert main(args + ["--checkpoint-dir", str(ck), "--snapshot", str(tmp_path / "s.pt"),
@@ -134,6 +136,7 @@ def test_validation_frames_are_never_trained_on(tmp_path, data_dir):
     assert len(t.train_pairs) == 99 - 10 - 2
 
 
+@pytest.mark.slow
 def test_export_and_curve_of_a_snapshot(tmp_path, args, data_dir, capsys):
     """`rgbd-codec export` freezes a snapshot's EMA into finished weights; `rgbd-codec curve`
     codes held-out frames to real bytes with either, and the two give the same rows."""

@@ -9,11 +9,11 @@ import argparse
 import importlib
 import sys
 
-# module -> what it provides; a module still being written is skipped
+# module -> what it provides; a missing module is an installation error, never skipped
 _COMMAND_MODULES = (
     "rgbd_codec_ros.cli.codec_cmds",   # encode, decode, info
-    "rgbd_codec_ros.cli.train_cmds",   # train, eval
-    "rgbd_codec_ros.cli.bag_cmds",     # bag compress|decompress|info|record
+    "rgbd_codec_ros.cli.train_cmds",   # train, eval, export, curve
+    "rgbd_codec_ros.cli.bag_cmds",     # bag compress|decompress|info|record|play|from-images
 )
 
 
@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.add_parsers(sub)
+        importlib.import_module(name).add_parsers(sub)
     return parser
 
 

@@ -83,6 +83,9 @@ def add_parsers(sub) -> None:
     c.add_argument("--limit", type=int, default=2, metavar="N", help="held-out pairs per source (default 2)")
     c.add_argument("--quality", nargs="+", type=float, default=[0.0, 3.0], metavar="Q")
     c.add_argument("--label", default="", help="a label for these rows (e.g. the campaign name)")
+    c.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
+                   help="the step to record for each file, in order (default: the step the file states; "
+                        "e.g. 0 for the weights a campaign started from)")
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--plot", metavar="OUT.png", help="draw the whole CSV: RGB PSNR and depth RMSE by step")
     c.set_defaults(func=cmd_curve)

@@ -66,9 +66,14 @@ def run_curve(args) -> int:
     rest = [s for s in sources if s not in whole]
     _, held = ds.split_within_sources(rest, args.val_fraction, args.val_gap)
     pairs = ds.evenly_spaced([p for s in held + whole for p in s.pairs], args.limit)
+    steps = getattr(args, "steps", None)
+    if steps is not None and len(steps) != len(args.weights):
+        raise CurveError(f"--steps gives {len(steps)} steps for {len(args.weights)} files")
     rows: List[Dict] = []
-    for path in args.weights:
+    for i, path in enumerate(args.weights):
         backend, step = _backend_for(path)
+        if steps is not None:
+            step = steps[i]
         for q in args.quality:
             try:
                 backend.configure(quality=q)

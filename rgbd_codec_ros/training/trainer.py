@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rgbd_codec_ros.codec.learned.model import _FROZEN_ONLY
+
 from . import datasets as ds
 from .losses import RateDistortionLoss, masked_mse, psnr
 
@@ -52,7 +54,7 @@ VAL_FIELDS = ["step", "quality", "loss", "bpp_rgb", "bpp_depth", "bpp_total", "p
 
 
 #: buffers only a frozen model fills (the exact path, coder tables): derived again at export
-_FROZEN_ONLY_BUFFERS = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")
+_FROZEN_ONLY_BUFFERS = _FROZEN_ONLY
 
 
 def _keep_fp32(name: str) -> bool:

@@ -16,12 +16,16 @@ import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
+from .compressai_adapter import coder_tables, gaussian_likelihood
 from .fixedpoint import (ONE, ExactConv2d, ExactDeconv2d, ExactLeakyReLU, ExactModule, ExactReLU,
                          ExactSequential, ExactSqueezeExcite)
 from .transforms import VARIANT_LINKS
 
 MODALITIES = ("rgb", "depth")
 ANCHOR, NON_ANCHOR = "anchor", "non_anchor"
+#: the four steps of a channel group, in coding order (BiCEE.run); the parameter nets of a
+#: group are stored in this order (``params[g][i]``, the weights files' layout)
+STEPS = ("rgb_anchor", "depth_anchor", "rgb_non_anchor", "depth_non_anchor")
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64
 
 
@@ -89,8 +93,7 @@ class FactorizedLatent(nn.Module):
         return torch.arange(c).view(1, c, 1, 1).expand(b, c, h, w)
 
     def tables(self):
-        eb = self.bottleneck
-        return eb._quantized_cdf.tolist(), eb._cdf_length.tolist(), eb._offset.tolist()
+        return tuple(t.tolist() for t in coder_tables(self.bottleneck))
 
     def estimated_bits(self, q: torch.Tensor) -> float:
         med = self.bottleneck.quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
@@ -214,26 +217,38 @@ class BiCEE(nn.Module):
         return torch.cat(parts, 1)
 
     def run(self, hyper: Dict[str, torch.Tensor], coder) -> Dict[str, torch.Tensor]:
-        """The one place that owns the coding order. Returns y_hat per modality."""
+        """The one place that owns the coding order. Returns y_hat per modality.
+
+        Per channel group g (5 groups, uneven sizes), four steps, 20 in all::
+
+            C = [P_r, P_d] (+ channel contexts CC_r, CC_d of groups < g)
+            1 rgb_anchor        <- C
+            2 depth_anchor      <- [L_rgb_anchor = conv5(rgb anchors), C]
+            3 rgb_non_anchor    <- [L_rgb_anchor, L_depth_anchor = conv5(depth anchors), C]
+            4 depth_non_anchor  <- [L_rgb_full = conv5'(whole rgb group), L_depth_anchor, C]
+
+        Each arrow into the other modality exists only where the variant has that link
+        (``r2d``: rgb -> depth, ``d2r``: depth -> rgb); ``coder.code`` codes one step's symbols.
+        """
         decoded = {m: [] for m in MODALITIES}
         for g in range(len(self.groups)):
             cc = {m: self.channel_ctx[m][g - 1](torch.cat(decoded[m], 1)) if g > 0 else None
                   for m in MODALITIES}
             base = {m: self._base(m, g, hyper, cc) for m in MODALITIES}
-            net = self.params[g]
+            net = dict(zip(STEPS, self.params[g]))
 
-            r_anchor = coder.code("rgb", g, net[0](base["rgb"]), ANCHOR)
-            lr_a = self.local_rgb_anchor[g](r_anchor)
+            r_anchor = coder.code("rgb", g, net["rgb_anchor"](base["rgb"]), ANCHOR)
+            rgb_anchor_ctx = self.local_rgb_anchor[g](r_anchor)
 
-            d_in = ([lr_a] if self.r2d else []) + [base["depth"]]
-            d_anchor = coder.code("depth", g, net[1](torch.cat(d_in, 1)), ANCHOR)
-            ld_a = self.local_depth_anchor[g](d_anchor)
+            d_in = ([rgb_anchor_ctx] if self.r2d else []) + [base["depth"]]
+            d_anchor = coder.code("depth", g, net["depth_anchor"](torch.cat(d_in, 1)), ANCHOR)
+            depth_anchor_ctx = self.local_depth_anchor[g](d_anchor)
 
-            r_in = [lr_a] + ([ld_a] if self.d2r else []) + [base["rgb"]]
-            r_full = r_anchor + coder.code("rgb", g, net[2](torch.cat(r_in, 1)), NON_ANCHOR)
+            r_in = [rgb_anchor_ctx] + ([depth_anchor_ctx] if self.d2r else []) + [base["rgb"]]
+            r_full = r_anchor + coder.code("rgb", g, net["rgb_non_anchor"](torch.cat(r_in, 1)), NON_ANCHOR)
 
-            d_in = ([self.local_rgb_full[g](r_full)] if self.r2d else []) + [ld_a, base["depth"]]
-            d_full = d_anchor + coder.code("depth", g, net[3](torch.cat(d_in, 1)), NON_ANCHOR)
+            d_in = ([self.local_rgb_full[g](r_full)] if self.r2d else []) + [depth_anchor_ctx, base["depth"]]
+            d_full = d_anchor + coder.code("depth", g, net["depth_non_anchor"](torch.cat(d_in, 1)), NON_ANCHOR)
 
             decoded["rgb"].append(r_full)
             decoded["depth"].append(d_full)
@@ -267,7 +282,7 @@ class TrainingCoder:
             values = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:
             values = y_hat
-        lik = gc.likelihood_lower_bound(gc._likelihood(values, scales, means))
+        lik = gc.likelihood_lower_bound(gaussian_likelihood(gc, values, scales, means))
         cur = self.likelihoods[m][:, sl]
         self.likelihoods[m] = self.likelihoods[m].clone()
         self.likelihoods[m][:, sl] = cur * (1 - mask) + lik * mask
@@ -283,7 +298,11 @@ class ExactCoder:
     """
 
     def __init__(self, model: BiCEE, y: Optional[Dict[str, torch.Tensor]] = None, decode_symbols=None):
+        if (y is None) == (decode_symbols is None):
+            raise ValueError("ExactCoder codes from latents (encoding: y) or from a stream "
+                             "(decoding: decode_symbols), exactly one of them")
         self.model, self.y, self.decode_symbols = model, y, decode_symbols
+        self.encoding = y is not None
         self.symbols: Dict[str, List[torch.Tensor]] = {m: [] for m in MODALITIES}
         self.indexes: Dict[str, List[torch.Tensor]] = {m: [] for m in MODALITIES}
 
@@ -292,7 +311,7 @@ class ExactCoder:
         b, c, h, w = means.shape
         mask = checkerboard(h, w, which, means.device).expand(b, c, h, w)
         idx = self.model.scale_indexes(scales)[mask]
-        if self.y is not None:
+        if self.encoding:
             y = self.y[m][:, self.model.group_slice(g)].double()
             q = torch.round(y - means / ONE)[mask]
         else:
@@ -310,5 +329,5 @@ class ExactCoder:
         q = torch.cat(self.symbols[m]).double()
         scales = scale_table().double()[torch.cat(self.indexes[m]).cpu()]
         gc = self.model.gaussian
-        lik = gc._likelihood(q.cpu(), scales, None).clamp_min(1e-9)
+        lik = gaussian_likelihood(gc, q.cpu(), scales).clamp_min(1e-9)
         return float(-torch.log2(lik).sum())

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from compressai.ans import BufferedRansEncoder, RansDecoder
 
+from .compressai_adapter import TABLE_BUFFERS, coder_tables
 from .entropy import (MODALITIES, BiCEE, CrossModalHyperSynthesis, ExactCoder, FactorizedLatent,
                       TrainingCoder)
 from .fixedpoint import ONE, exact_mode, freeze_exact
@@ -282,12 +283,10 @@ class RGBDCompressionModel(nn.Module):
         return hit[1]
 
     def _gaussian_tables(self):
-        gc = self.bicee.gaussian
-        return self._tables("y", (gc._quantized_cdf, gc._cdf_length, gc._offset))
+        return self._tables("y", coder_tables(self.bicee.gaussian))
 
     def _z_tables(self, m: str):
-        eb = self.z[m].bottleneck
-        return self._tables("z_" + m, (eb._quantized_cdf, eb._cdf_length, eb._offset))
+        return self._tables("z_" + m, coder_tables(self.z[m].bottleneck))
 
     def _encode_y(self, symbols: List[torch.Tensor], indexes: List[torch.Tensor]) -> bytes:
         """All steps in coding order through one call: the buffered encoder only queues symbols
@@ -396,7 +395,7 @@ def _synthesis_threads(device: torch.device, single: bool):
 
 
 #: buffers that only a frozen model fills (exact integer weights, coder tables)
-_FROZEN_ONLY = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")
+_FROZEN_ONLY = ("w_int", "b_int", "shift") + TABLE_BUFFERS
 
 
 def _export_tensor(name: str, v: torch.Tensor) -> torch.Tensor:

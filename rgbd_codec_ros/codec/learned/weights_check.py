@@ -39,7 +39,7 @@ CDF_PRECISION = 16
 #: file size: the paper preset in fp16 is ~300 MB
 MAX_FILE_BYTES = 2 << 30
 
-_FROZEN_ONLY = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")
+_FROZEN_ONLY = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")   # = model._FROZEN_ONLY
 
 
 class WeightsError(ValueError):
