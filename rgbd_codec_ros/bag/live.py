@@ -72,8 +72,9 @@ def _ros(node_name: str):
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM ends a recording like Ctrl-C does (the bag is closed and kept)."""
+def sigterm_as_interrupt():
+    """SIGTERM ends a run like Ctrl-C does: a recording closes and keeps its bag, a bag command
+    removes its temporary output."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -116,7 +117,7 @@ def record(out, topics: Sequence[str], *, storage: Optional[str] = None, force: 
         raise CodecError("name at least one topic to record (--topic)")
     out_path, storage, single = resolve_output(out, storage, "mcap")
     counts = {t: 0 for t in topics}
-    with _sigterm_as_interrupt(), _ros(node_name) as (node, executor):
+    with sigterm_as_interrupt(), _ros(node_name) as (node, executor):
         types = _wait_for_types(node, executor, topics, discovery_timeout_s)
         with AtomicBagWriter(out_path, storage=storage, force=force, single_file=single) as bag:
             subs = []

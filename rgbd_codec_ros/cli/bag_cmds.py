@@ -8,12 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sqlite3
 import sys
-import threading
-from contextlib import contextmanager
 
+from rgbd_codec_ros.cli.errors import system_errors_as_codec_errors
 from rgbd_codec_ros.codec.base import CodecError
 
 
@@ -249,23 +247,6 @@ def add_parsers(subparsers) -> None:
 
 # ---------------------------------------------------------------------- commands
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM ends a run like Ctrl-C: the temporary output is removed, nothing is left."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _guard(fn):
     """Run a bag command under the reading limits, with SIGTERM as Ctrl-C, and turn library
     and system errors (rosbags, sqlite, OSError, MemoryError) into one-line CodecErrors
@@ -273,21 +254,18 @@ def _guard(fn):
     def run(args):
         from rosbags.rosbag2.errors import ReaderError, WriterError
 
+        from rgbd_codec_ros.bag.live import sigterm_as_interrupt
         from rgbd_codec_ros.bag.storage import set_max_chunk_bytes
 
         set_max_chunk_bytes(getattr(args, "max_chunk_bytes", None))
         try:
-            if args.bag_command in ("record", "play"):    # they handle SIGTERM themselves
-                return fn(args)
-            with _sigterm_as_interrupt():
-                return fn(args)
+            with system_errors_as_codec_errors():
+                if args.bag_command in ("record", "play"):    # they handle SIGTERM themselves
+                    return fn(args)
+                with sigterm_as_interrupt():
+                    return fn(args)
         except (ReaderError, WriterError, sqlite3.Error) as exc:
             raise CodecError(str(exc)) from exc
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise CodecError(f"{where}{exc.strerror or exc}") from exc
-        except MemoryError as exc:
-            raise CodecError(f"out of memory ({exc or 'MemoryError'})") from exc
     return run
 
 

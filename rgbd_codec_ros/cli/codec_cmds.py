@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rgbd_codec_ros.cli.errors import system_errors_as_codec_errors
 from rgbd_codec_ros.codec.base import LEARNED_DEFAULT_MAX_PIXELS, CodecError, RGBDFrame, create_backend
 
 LEARNED_MAGIC = b"RGBDL"
@@ -57,13 +58,8 @@ def _guard(fn):
     """System errors (OSError, MemoryError) as one-line CodecErrors (exit code 2)."""
     @functools.wraps(fn)
     def run(args):
-        try:
+        with system_errors_as_codec_errors():
             return fn(args)
-        except OSError as exc:
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise CodecError(f"{where}{exc.strerror or exc}") from exc
-        except MemoryError as exc:
-            raise CodecError(f"out of memory ({exc or 'MemoryError'})") from exc
     return run
 
 

@@ -191,6 +191,15 @@ def stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def stale_age_s(node: Any, stamp: Any, max_age_s: float) -> Optional[float]:
+    """The age of a capture stamp in seconds if it is over ``max_age_s`` (0 = off), else None:
+    the nodes' one test for frames too old to be worth coding or publishing."""
+    if max_age_s <= 0:
+        return None
+    age = (node.get_clock().now().nanoseconds - stamp_ns(stamp)) / 1e9
+    return age if age > max_age_s else None
+
+
 # ------------------------------------------------------------------ diagnostics
 
 

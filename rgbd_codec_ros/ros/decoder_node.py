@@ -214,10 +214,8 @@ class DecoderNode(Node):
 
     def _too_old(self, msg: CompressedRGBD) -> bool:
         max_age = self._params["max_age_s"]
-        if max_age <= 0:
-            return False
-        age = (self.get_clock().now().nanoseconds - common.stamp_ns(msg.header.stamp)) / 1e9
-        if age <= max_age:
+        age = common.stale_age_s(self, msg.header.stamp, max_age)
+        if age is None:
             return False
         self._stale_drops += 1
         for stats in self._all_stats():

@@ -482,10 +482,8 @@ class EncoderNode(Node):
     def _too_old(self, color_msg: Image) -> bool:
         """Count and report a pair whose capture is older than max_age_s (it is not coded)."""
         max_age = self._params["max_age_s"]
-        if max_age <= 0:
-            return False
-        age = (self.get_clock().now().nanoseconds - common.stamp_ns(color_msg.header.stamp)) / 1e9
-        if age <= max_age:
+        age = common.stale_age_s(self, color_msg.header.stamp, max_age)
+        if age is None:
             return False
         self._stale_drops += 1
         for stats in self._all_stats():

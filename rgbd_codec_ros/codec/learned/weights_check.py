@@ -22,6 +22,8 @@ from typing import Dict, Tuple
 
 import torch
 
+from .compressai_adapter import TABLE_BUFFERS
+
 #: hard limits of a custom preset (the paper preset is N=192, M=320)
 MAX_N = 256
 MAX_M = 512
@@ -39,7 +41,8 @@ CDF_PRECISION = 16
 #: file size: the paper preset in fp16 is ~300 MB
 MAX_FILE_BYTES = 2 << 30
 
-_FROZEN_ONLY = ("w_int", "b_int", "shift", "_offset", "_quantized_cdf", "_cdf_length")   # = model._FROZEN_ONLY
+#: buffers only a frozen model fills; their shapes follow the file (checked separately below)
+_FROZEN_ONLY = ("w_int", "b_int", "shift") + TABLE_BUFFERS
 
 
 class WeightsError(ValueError):
