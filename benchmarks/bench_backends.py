@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark RGB-D codec backends against ROS image_transport's own compression.
 
-For a sample of 640x480 pairs from each source of the shared data set, prints
+For a sample of pairs from each source of the shared data set, prints
 one row per setting: encode / decode milliseconds per frame (median), bytes
 per frame (colour, depth, total; mean), colour PSNR (dB, mean over frames) and
 depth RMSE (mm over the input's valid pixels), plus whether every hole came
@@ -46,30 +46,37 @@ DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "rgbd"
 
 # (label, backend, options)
 CLASSICAL_SETTINGS = [
-    ("jpeg q90 + rvl (zstd)", "classical", dict(color_codec="jpeg", color_quality=90)),
-    ("jpeg q80 + rvl (zstd)", "classical", dict(color_codec="jpeg", color_quality=80)),
+    ("jpeg q90 + jpegxl depth, the default", "classical", dict(color_codec="jpeg", color_quality=90)),
+    ("jpeg q90 + rvl (zstd)", "classical", dict(color_codec="jpeg", color_quality=90, depth_codec="rvl")),
+    ("jpeg q80 + jpegxl depth", "classical", dict(color_codec="jpeg", color_quality=80)),
+    ("jpeg q80 + rvl (zstd)", "classical", dict(color_codec="jpeg", color_quality=80, depth_codec="rvl")),
     ("jpeg q80 + rvl (plain)", "classical",
-     dict(color_codec="jpeg", color_quality=80, depth_entropy="none")),
+     dict(color_codec="jpeg", color_quality=80, depth_codec="rvl", depth_entropy="none")),
     ("jpeg q80 + png L3", "classical",
      dict(color_codec="jpeg", color_quality=80, depth_codec="png", png_level=3)),
-    ("jpeg q80 + rvl_lossy 1mm+0.2%", "classical",
+    ("jpeg q80 + rvl_lossy 1mm+0.2% (jpegxl)", "classical",
      dict(color_codec="jpeg", color_quality=80, depth_codec="rvl_lossy",
           depth_max_error_mm=1.0, depth_rel_error=0.002)),
-    ("jpeg q80 + rvl_lossy 2mm+0.5%", "classical",
+    ("jpeg q80 + rvl_lossy 1mm+0.2% (zstd)", "classical",
+     dict(color_codec="jpeg", color_quality=80, depth_codec="rvl_lossy", depth_entropy="zstd",
+          depth_max_error_mm=1.0, depth_rel_error=0.002)),
+    ("jpeg q80 + rvl_lossy 2mm+0.5% (jpegxl)", "classical",
      dict(color_codec="jpeg", color_quality=80, depth_codec="rvl_lossy",
           depth_max_error_mm=2.0, depth_rel_error=0.005)),
-    ("webp q80 + rvl (zstd)", "classical", dict(color_codec="webp", color_quality=80)),
-    ("avif q60 + rvl (zstd)", "classical", dict(color_codec="avif", color_quality=60)),
-    ("jpegxl q80 + rvl (zstd)", "classical", dict(color_codec="jpegxl", color_quality=80)),
+    ("webp q80 + jpegxl depth", "classical", dict(color_codec="webp", color_quality=80)),
+    ("avif q60 + jpegxl depth", "classical", dict(color_codec="avif", color_quality=60)),
+    ("jpegxl q80 + jpegxl depth", "classical", dict(color_codec="jpegxl", color_quality=80)),
 ]
 DEFAULT_SETTINGS = {"classical": CLASSICAL_SETTINGS, "learned": [("learned (defaults)", "learned", {})]}
 
 
-def load_frames(data: Path, per_source: int):
+def load_frames(data: Path, per_source: int, sources=None):
+    """``per_source`` evenly spaced pairs of each source folder (or of the named ``sources``)."""
     import imagecodecs
 
     frames = []
-    for src in sorted(p for p in os.listdir(data) if (data / p / "index.csv").is_file()):
+    found = sorted(p for p in os.listdir(data) if (data / p / "index.csv").is_file())
+    for src in sources or found:
         meta = json.load(open(data / src / "meta.json"))
         rows = list(csv.DictReader(open(data / src / "index.csv")))
         step = max(1, len(rows) // per_source)
@@ -166,16 +173,21 @@ def depth_table(frames, repeat):
 
     from rgbd_codec_ros.codec import rvl
 
-    shape = frames[0][1].depth.shape
-    npix = shape[0] * shape[1]
+    def jxl(effort):
+        return (f"JPEG XL lossless e{effort}" + (" (classical default)" if effort == 2 else ""),
+                lambda d: imagecodecs.jpegxl_encode(d, lossless=True, effort=effort),
+                lambda b, shape: imagecodecs.jpegxl_decode(b))
+
+    # (name, encode(depth), decode(bytes, shape))
     coders = [
         ("PNG L3 (compressedDepth, as briefed)", lambda d: imagecodecs.png_encode(d, level=3),
-         imagecodecs.png_decode),
+         lambda b, shape: imagecodecs.png_decode(b)),
         ("PNG L9 (compressedDepth default)", lambda d: imagecodecs.png_encode(d, level=9),
-         imagecodecs.png_decode),
-        ("RVL plain", rvl.encode, rvl.decode),
-        ("RVL + zstd 6 (classical default)", lambda d: rvl.encode_zstd(d, 16, 6),
-         lambda b: rvl.decode_zstd(b, npix, 16).reshape(shape)),
+         lambda b, shape: imagecodecs.png_decode(b)),
+        ("RVL plain", rvl.encode, lambda b, shape: rvl.decode(b)),
+        ("RVL + zstd 6", lambda d: rvl.encode_zstd(d, 16, 6),
+         lambda b, shape: rvl.decode_zstd(b, shape[0] * shape[1], 16).reshape(shape)),
+        jxl(1), jxl(2), jxl(4),
     ]
     rows = []
     by_src = {}
@@ -187,7 +199,7 @@ def depth_table(frames, repeat):
             sizes, te, td = [], [], []
             for d in depths:
                 b, t1 = timed(enc, d, repeat=repeat)
-                out, t2 = timed(dec, b, repeat=repeat)
+                out, t2 = timed(dec, b, d.shape, repeat=repeat)
                 assert np.array_equal(out, d), (src, name)  # lossless, checked
                 sizes.append(len(b))
                 te.append(t1)
@@ -223,6 +235,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared RGB-D data folder")
     p.add_argument("--per-source", type=int, default=4, help="frames per source folder")
+    p.add_argument("--sources", help="comma-separated source folders (default: all)")
     p.add_argument("--backends", default="classical",
                    help="comma-separated backends to run with their default settings list")
     p.add_argument("--extra", action="append", default=[],
@@ -234,10 +247,11 @@ def main(argv=None):
     if not args.data.is_dir():
         print(f"data folder {args.data} not found", file=sys.stderr)
         return 2
-    frames = load_frames(args.data, args.per_source)
+    frames = load_frames(args.data, args.per_source, args.sources and args.sources.split(","))
     sources = sorted({s for s, _ in frames})
-    print(f"# Backend benchmark: {len(frames)} pairs (640x480), {args.per_source} from each of "
-          f"{len(sources)} sources\n")
+    sizes = sorted({f"{f.depth.shape[1]}x{f.depth.shape[0]}" for _, f in frames})
+    print(f"# Backend benchmark: {len(frames)} pairs ({', '.join(sizes)}), {args.per_source} from "
+          f"each of {len(sources)} sources\n")
     print(f"Machine: {machine()}\n")
 
     settings = []

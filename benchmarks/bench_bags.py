@@ -13,7 +13,7 @@ lossless reference.
 
 Usage::
 
-    python benchmarks/bench_bags.py                         # classical settings, all 470 pairs
+    python benchmarks/bench_bags.py                         # classical settings, every pair
     python benchmarks/bench_bags.py --codec learned         # learned qualities (needs weights)
     python benchmarks/bench_bags.py --codec classical,learned --limit 20 --json out.json
 
@@ -44,14 +44,15 @@ DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "rgbd"
 FPS = 30.0
 
 CLASSICAL = [
-    ("jpeg q95 + rvl", dict(color_codec="jpeg", color_quality=95)),
-    ("jpeg q90 + rvl (default)", dict(color_codec="jpeg", color_quality=90)),
-    ("jpeg q75 + rvl", dict(color_codec="jpeg", color_quality=75)),
-    ("jpeg q50 + rvl", dict(color_codec="jpeg", color_quality=50)),
+    ("jpeg q95 + jpegxl depth", dict(color_codec="jpeg", color_quality=95)),
+    ("jpeg q90 + jpegxl depth (default)", dict(color_codec="jpeg", color_quality=90)),
+    ("jpeg q90 + rvl", dict(color_codec="jpeg", color_quality=90, depth_codec="rvl")),
+    ("jpeg q75 + jpegxl depth", dict(color_codec="jpeg", color_quality=75)),
+    ("jpeg q50 + jpegxl depth", dict(color_codec="jpeg", color_quality=50)),
     ("jpeg q75 + rvl_lossy 1mm+0.2%", dict(color_codec="jpeg", color_quality=75,
                                            depth_codec="rvl_lossy", depth_max_error_mm=1.0,
                                            depth_rel_error=0.002)),
-    ("webp q75 + rvl", dict(color_codec="webp", color_quality=75)),
+    ("webp q75 + jpegxl depth", dict(color_codec="webp", color_quality=75)),
 ]
 
 

@@ -8,6 +8,8 @@ depth RMSE and depth maximum error, and the bit rate sent (mean and highest 1 s 
 
 Contenders:
 - ``classical``: our classical codec under rate control (target = budget, adapt_to_link);
+- ``classical-h264``: the same with temporal colour (H.264, the encoder's own rate control on
+  the colour share; keyframes every 30 frames and on the decoder's request after a loss);
 - ``learned``: our learned codec under rate control (slow on a CPU: flagged when it cannot
   keep up with 10 Hz);
 - ``ros-defaults``: what users get today: JPEG q80 + compressedDepth-style PNG, no rate control.
@@ -33,6 +35,7 @@ if not DATA.is_dir():
 
 CONTENDERS = {
     "classical": {"codec": "classical", "codec_options": "", "rate_control": True},
+    "classical-h264": {"codec": "classical", "codec_options": "color_codec=h264", "rate_control": True},
     "learned": {"codec": "learned", "codec_options": "threads=1", "rate_control": True},
     "ros-defaults": {"codec": "classical", "codec_options": "color_quality=80, depth_codec=png, png_level=3",
                      "rate_control": False},

@@ -17,9 +17,10 @@ import numpy as np
 
 from rgbd_codec_ros.codec.base import CodecBackend, CodecError, EncodedRGBD, RGBDFrame, create_backend
 
-#: CompressedRGBD.FORMAT_VERSION this code writes and reads (the .msg constant; a
-#: test keeps the two equal).
-FORMAT_VERSION = 1
+#: CompressedRGBD.FORMAT_VERSION this code writes (the .msg constant; a test keeps the two
+#: equal); it reads these (version 1 messages, from older bags, have no sequence/keyframe)
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 #: CompressedRGBD.DEPTH_INVALID_* constants
 DEPTH_INVALID_ZERO = 0
 DEPTH_INVALID_NAN = 1
@@ -262,8 +263,11 @@ def frame_to_images(frame: RGBDFrame, color_encoding: str,
 # --------------------------------------------------------------------------- CompressedRGBD
 
 def compressed_fields(encoded: EncodedRGBD, frame: RGBDFrame, color_encoding: str,
-                      depth_encoding: str) -> Dict[str, Any]:
+                      depth_encoding: str, sequence: int = 0) -> Dict[str, Any]:
     """The plain (non-message) fields of a CompressedRGBD for one coded frame.
+
+    ``sequence`` is the sender's count of the frames it published (a receiver sees loss as
+    gaps in it).
 
     Headers and camera infos are message objects and stay with the caller.
     ``payload`` is ``bytes`` (rclpy accepts it; rosbags wants
@@ -278,6 +282,8 @@ def compressed_fields(encoded: EncodedRGBD, frame: RGBDFrame, color_encoding: st
         "codec": encoded.codec,
         "model_id": encoded.model_id,
         "quality": encoded.quality,
+        "sequence": int(sequence) & 0xFFFFFFFF,
+        "keyframe": bool(encoded.keyframe),
         "color_width": frame.width,
         "color_height": frame.height,
         "color_encoding": color_encoding,
@@ -305,10 +311,10 @@ def fill_compressed(msg: Any, fields: Dict[str, Any], header: Any = None,
 def check_compressed(msg: Any) -> None:
     """Raise CodecError if the descriptive fields of a CompressedRGBD are inconsistent."""
     version = int(getattr(msg, "format_version", -1))
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise CodecError(
-            f"format_version {version} is not supported (this decoder reads {FORMAT_VERSION}); "
-            "update rgbd_codec_ros on the older side")
+            f"format_version {version} is not supported (this decoder reads "
+            f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}); update rgbd_codec_ros on the older side")
     if not msg.codec:
         raise CodecError("codec is empty; the sender did not say which codec made the payload")
     if msg.color_encoding not in COLOR_ENCODINGS:

@@ -31,12 +31,14 @@ _JPEG_PRIOR = {2: 30e3, 5: 44e3, 10: 70e3, 20: 109e3, 30: 139e3, 40: 165e3, 50: 
                70: 253e3, 80: 315e3, 90: 458e3, 95: 659e3}
 
 #: classical depth ladder (cheapest first): (depth_codec, max error floor mm, relative error);
-#: error grows with distance as max(floor, rel * z); the richest rung is lossless
-DEPTH_SETTINGS = ((("rvl_lossy", 100.0, 0.2), 51e3), (("rvl_lossy", 50.0, 0.12), 59e3),
-                  (("rvl_lossy", 30.0, 0.08), 75e3), (("rvl_lossy", 20.0, 0.04), 103e3),
-                  (("rvl_lossy", 10.0, 0.02), 155e3), (("rvl_lossy", 5.0, 0.01), 230e3),
-                  (("rvl_lossy", 2.0, 0.005), 311e3), (("rvl_lossy", 1.0, 0.002), 403e3),
-                  (("rvl_lossy", 1.0, 0.0), 430e3), (("lossless", 0.0, 0.0), 554e3))
+#: error grows with distance as max(floor, rel * z); the richest rung is lossless. The prior
+#: (bits per frame) is the mean of 5 realsense_d4xx_visp_rbt frames with the default coders:
+#: JPEG XL lossless for the lossless rung and for the bounded quantiser's integers
+DEPTH_SETTINGS = ((("rvl_lossy", 100.0, 0.2), 34e3), (("rvl_lossy", 50.0, 0.12), 39e3),
+                  (("rvl_lossy", 30.0, 0.08), 49e3), (("rvl_lossy", 20.0, 0.04), 62e3),
+                  (("rvl_lossy", 10.0, 0.02), 85e3), (("rvl_lossy", 5.0, 0.01), 118e3),
+                  (("rvl_lossy", 2.0, 0.005), 169e3), (("rvl_lossy", 1.0, 0.002), 237e3),
+                  (("rvl_lossy", 1.0, 0.0), 246e3), (("lossless", 0.0, 0.0), 340e3))
 
 #: learned quality ladder: -1..3 in steps of 1/8 (the backend interpolates between trained points)
 LEARNED_QUALITIES = tuple(-1.0 + k / 8.0 for k in range(33))
@@ -61,7 +63,7 @@ def classical_color_ladder() -> Tuple[List[Dict[str, Any]], List[float]]:
     return rungs, prior
 
 
-def classical_depth_ladder(lossless_codec: str = "rvl") -> Tuple[List[Dict[str, Any]], List[float]]:
+def classical_depth_ladder(lossless_codec: str = "jpegxl") -> Tuple[List[Dict[str, Any]], List[float]]:
     rungs, prior = [], []
     for (codec, err, rel), bits in DEPTH_SETTINGS:
         if codec == "lossless":
@@ -344,7 +346,7 @@ class RateController:
 
 #: keys of a link feedback report (rgbd/link_feedback), as numbers
 FEEDBACK_KEYS = ("kbps", "frames", "frames_total", "last_stamp_ns", "latency_ms_p50", "latency_ms_max",
-                 "loss_pct", "period_s")
+                 "loss_pct", "period_s", "last_sequence")
 
 
 def parse_feedback(values: Dict[str, str]) -> Optional[Dict[str, float]]:
@@ -356,7 +358,7 @@ def parse_feedback(values: Dict[str, str]) -> Optional[Dict[str, float]]:
     """
     limits = {"kbps": (0.0, 1e7), "frames": (0.0, 1e6), "frames_total": (0.0, 1e15),
               "last_stamp_ns": (0.0, 1e19), "latency_ms_p50": (-1e7, 1e7), "latency_ms_max": (-1e7, 1e7),
-              "loss_pct": (0.0, 100.0), "period_s": (0.0, 3600.0)}
+              "loss_pct": (0.0, 100.0), "period_s": (0.0, 3600.0), "last_sequence": (0.0, 4294967295.0)}
     out: Dict[str, float] = {}
     for key, (lo, hi) in limits.items():
         text = values.get(key)

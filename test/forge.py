@@ -1,11 +1,12 @@
-"""Forged learned-codec frames, made with the project's own packer (valid CRC): shared by the
+"""Forged frames and streams, made with the project's own packers (valid CRC): shared by the
 hostile-input tests and the subprocesses they start."""
-
-from rgbd_codec_ros.codec.learned import bitstream as bs
-from rgbd_codec_ros.codec.learned.backend import padded_size
 
 
 def forged(model_id: str, w: int, h: int, section: bytes = b"\0" * 4, **header) -> bytes:
+    """A learned-codec frame (imported here: the classical tests need no torch)."""
+    from rgbd_codec_ros.codec.learned import bitstream as bs
+    from rgbd_codec_ros.codec.learned.backend import padded_size
+
     ph, pw = padded_size(h, w)
     fields = dict(model_id=model_id, quality=1.0, width=w, height=h, padded_width=pw, padded_height=ph,
                   color_mode=bs.COLOR_RGB, depth_type=bs.DEPTH_U16, depth_scale_per_m=1000.0,
@@ -14,3 +15,22 @@ def forged(model_id: str, w: int, h: int, section: bytes = b"\0" * 4, **header) 
     sections = {n: section for n in bs.SECTIONS}
     sections.update(hole_mask=b"\0", clipped_mask=b"\0", far_depth=b"")
     return bs.pack(bs.LearnedFrameHeader(**fields), sections)
+
+
+def jxl_size_header(width: int, height: int) -> bytes:
+    """A JPEG XL codestream signature + SizeHeader (ISO/IEC 18181-1), written bit by bit."""
+    bits = []
+
+    def put(v, n):
+        bits.extend((v >> i) & 1 for i in range(n))
+
+    def u32(v):   # selector 3: 1 + u(30)
+        put(3, 2)
+        put(v - 1, 30)
+    put(0, 1)              # not small
+    u32(height)
+    put(0, 3)              # ratio 0: explicit width
+    u32(width)
+    bits += [0] * (-len(bits) % 8)
+    body = bytes(sum(b << i for i, b in enumerate(bits[k:k + 8])) for k in range(0, len(bits), 8))
+    return b"\xff\x0a" + body

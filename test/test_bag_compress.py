@@ -135,6 +135,9 @@ def test_compress_mcap_independent_reader(bags, compressed_mcap, rosidl_hash):
     assert all(m.schema.name == msgdefs.COMPRESSED_RGBD and m.schema.encoding == "ros2msg"
                for m in msgs)
     assert msgs[0].schema.data.decode() == msgdefs.definition_and_hash(msgdefs.COMPRESSED_RGBD)[0]
+    # an intra codec: every message a keyframe, numbered in writing order
+    assert [(m.ros_msg.format_version, m.ros_msg.sequence, m.ros_msg.keyframe) for m in msgs] == [
+        (convert.FORMAT_VERSION, i, True) for i in range(8)]
     stamps = [(m.ros_msg.header.stamp.sec * 10**9 + m.ros_msg.header.stamp.nanosec,
                m.ros_msg.depth_header.stamp.sec * 10**9 + m.ros_msg.depth_header.stamp.nanosec)
               for m in msgs]
@@ -154,7 +157,7 @@ def test_compress_mcap_independent_reader(bags, compressed_mcap, rosidl_hash):
     assert first.color_camera_info[0].k[0] == pytest.approx(585 / 2)
     assert all(len(m.ros_msg.color_camera_info) == 0 for m in msgs[1:])
 
-    # the payloads decode to the real pairs: depth exactly (lossless RVL), colour close (JPEG)
+    # the payloads decode to the real pairs: depth exactly (lossless), colour close (JPEG)
     backend = create_backend("classical")
     for m, src in zip(msgs, bags["kinect_src"]):
         r = m.ros_msg
@@ -189,7 +192,7 @@ def test_compress_db3_independent_reader(bags, rosidl_hash):
                d.depth_header.stamp.sec * 10**9 + d.depth_header.stamp.nanosec) for d in decoded]
     assert stamps == [tuple(s) for s in bags["osd"]["stamps"]]
     assert {d.color_encoding for d in decoded} == {"bgr8"}
-    assert {d.quality for d in decoded} == {"jpeg=80,depth=rvl"}
+    assert {d.quality for d in decoded} == {create_backend("classical", color_quality=80).quality}
     # without --drop-raw the raw topics are copied byte for byte
     raw_msgs, raw_topics, _ = sqlite_messages(bags["dir"] / "raw_db3" / "raw_db3.db3")
     for t in (TOPICS["color"], TOPICS["depth"]):
@@ -320,7 +323,8 @@ def test_info_reports_codec_and_rates(bags, compressed_mcap):
     [topic] = info["topics"]
     assert topic["type"] == msgdefs.COMPRESSED_RGBD and topic["messages"] == 8
     c = topic["compressed"]
-    assert c["codecs"] == [{"codec": "classical", "model_id": "", "quality": "jpeg=90,depth=rvl",
+    default_quality = create_backend("classical").quality     # e.g. jpeg=90,depth=...
+    assert c["codecs"] == [{"codec": "classical", "model_id": "", "quality": default_quality,
                             "messages": 8}]
     # rates recomputed from an independent read of sizes and stamps
     msgs = mcap_messages(compressed_mcap)
@@ -331,12 +335,20 @@ def test_info_reports_codec_and_rates(bags, compressed_mcap):
     assert c["kbit_s_mean"] == pytest.approx(sizes.mean() * 8 / period / 1000, rel=1e-6)
     assert c["kbit_s_p95"] == pytest.approx(np.percentile(sizes, 95) * 8 / period / 1000, rel=1e-6)
     assert c["compression_ratio"] == pytest.approx(8 * 320 * 240 * 5 / sizes.sum(), rel=1e-6)
+    # an intra stream: GOPs of one frame, no gaps
+    assert c["format_versions"] == {str(convert.FORMAT_VERSION): 8}
+    assert c["gop"] == {"keyframes": 8, "keyframe_share": 1.0, "gops": 8, "gop_length_mean": 1.0,
+                        "gop_length_min": 1, "gop_length_max": 1, "frames_before_first_keyframe": 0,
+                        "with_sequence": 8, "sequence_gaps": 0, "frames_missing": 0,
+                        "sequence_steps_back": 0}
     rc, text, _ = run_cli("bag", "info", compressed_mcap)
-    assert "jpeg=90,depth=rvl" in text and "kbit/s" in text and "ratio vs raw" in text
+    assert default_quality in text and "kbit/s" in text and "ratio vs raw" in text
+    assert "GOP: 8 keyframes (100.0 %)" in text
 
 
-def _copy_bag(src, dst, edit):
-    """Copy a bag message by message; ``edit(topic, index, data)`` returns new bytes or None (drop)."""
+def copy_bag(src, dst, edit):
+    """Copy a bag message by message; ``edit(topic, index, data)`` returns new bytes, None
+    (drop it), or a list of byte strings (written 1 ns apart from the original time on)."""
     from rosbags.rosbag2 import Reader, Writer
 
     counts = {}
@@ -347,14 +359,14 @@ def _copy_bag(src, dst, edit):
             i = counts.get(conn.topic, 0)
             counts[conn.topic] = i + 1
             new = edit(conn.topic, i, bytes(data))
-            if new is not None:
-                writer.write(conns[conn.id], t, new)
+            for k, item in enumerate([] if new is None else new if isinstance(new, list) else [new]):
+                writer.write(conns[conn.id], t + k, item)
 
 
 def test_unpaired_and_too_small_slop(bags):
     d = bags["dir"]
     holey = d / "holey"
-    _copy_bag(d / "raw.mcap", holey,
+    copy_bag(d / "raw.mcap", holey,
               lambda topic, i, data: None if (topic == TOPICS["depth"] and i == 4) else data)
     rc, stdout, err = run_cli("bag", "compress", holey, d / "holey_out.mcap", *TOPIC_ARGS,
                               "--no-progress")
@@ -412,7 +424,7 @@ def test_corrupted_messages_are_skipped_and_counted(bags, compressed_mcap):
     d = bags["dir"]
     # a truncated colour image in the raw bag
     broken_raw = d / "broken_raw"
-    _copy_bag(d / "raw.mcap", broken_raw,
+    copy_bag(d / "raw.mcap", broken_raw,
               lambda topic, i, data: data[: len(data) // 2] if (topic == TOPICS["color"] and i == 2)
               else data)
     rc, stdout, err = run_cli("bag", "compress", broken_raw, d / "br_out.mcap", *TOPIC_ARGS,
@@ -435,7 +447,7 @@ def test_corrupted_messages_are_skipped_and_counted(bags, compressed_mcap):
         return data
 
     broken = d / "broken_comp"
-    _copy_bag(compressed_mcap, broken, damage)
+    copy_bag(compressed_mcap, broken, damage)
     rc, stdout, err = run_cli("bag", "decompress", broken, d / "bc_out.mcap", "--no-progress")
     assert rc == 0, err
     assert "6 pairs decoded" in stdout and "2 skipped" in stdout

@@ -260,6 +260,37 @@ def test_record_encoder_output_and_play_into_decoder(tmp_path, procs, ros_node, 
         assert 10 * np.log10(255 ** 2 / mse) > 30
 
 
+def test_play_converts_a_format_1_bag_to_the_current_definition(tmp_path, procs, ros_node):
+    """A bag recorded before CompressedRGBD format 2: subscribers built with the current
+    definition receive its messages intact, as keyframes numbered in order."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from test_bag_v1 import small_real_pairs, v1_typestore, write_v1_bag
+
+    from rgbd_codec_ros.msg import CompressedRGBD
+
+    bag = tmp_path / "v1.mcap"
+    payloads = write_v1_bag(bag, v1_typestore(), small_real_pairs(), "mcap")
+    received, lock = [], threading.Lock()
+
+    def on_message(msg):
+        with lock:
+            received.append(msg)
+
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    ros_node.create_subscription(CompressedRGBD, "/rgbd/compressed", on_message, qos)
+    player = procs.start("player", CLI + ["bag", "play", str(bag), "--rate", "0",
+                                         "--wait-for-subscribers", "1", "--discovery-timeout", "60"])
+    player.wait(90)
+    assert player.returncode == 0, procs.logs()
+    assert "converted to the current one" in procs.log("player")
+    wait_for(lambda: len(received) >= len(payloads), 30, "the played messages", procs)
+    assert [(m.format_version, m.sequence, m.keyframe) for m in received] == [
+        (1, i, True) for i in range(len(payloads))]
+    assert [bytes(m.payload) for m in received] == payloads
+    assert [(m.color_width, m.color_height, m.color_encoding) for m in received] == [
+        (128, 96, "rgb8")] * len(payloads)
+
+
 def test_ctrl_c_ends_a_recording_and_keeps_the_bag(tmp_path, procs, ros_node, data_dir):
     """A recording stopped by Ctrl-C is a complete bag of exactly what rclpy serialized."""
     from rclpy.qos import QoSProfile, ReliabilityPolicy

@@ -62,11 +62,11 @@ def test_registered():
     codec = create_backend("classical", color_quality=75)
     assert isinstance(codec, classical.ClassicalBackend)
     assert codec.name == "classical" and codec.model_id == ""
-    assert codec.quality == "jpeg=75,depth=rvl"
+    assert codec.quality == "jpeg=75,depth=jpegxl"
 
 
-@pytest.mark.parametrize("opts", [{}, {"depth_entropy": "none"}, {"depth_codec": "png"},
-                                  {"depth_codec": "png", "png_level": 1}])
+@pytest.mark.parametrize("opts", [{}, {"depth_codec": "rvl"}, {"depth_codec": "rvl", "depth_entropy": "none"},
+                                  {"depth_codec": "png"}, {"depth_codec": "png", "png_level": 1}])
 def test_lossless_depth_is_exact(frames, opts):
     codec = make(**opts)
     for name, f in frames:
@@ -80,14 +80,15 @@ def test_lossless_depth_is_exact(frames, opts):
 
 
 def test_lossless_depth_beats_ros_compressed_depth(frames):
-    """RVL(+zstd, the default) must be no larger than compressedDepth's 16-bit PNG (zlib 3)."""
+    """JPEG XL (the default) and RVL+zstd must be no larger than compressedDepth's 16-bit PNG
+    (zlib 3)."""
     import imagecodecs
 
-    codec = make()
-    for name, f in frames:
-        ours = codec.encode(f).bytes_depth
-        png3 = len(imagecodecs.png_encode(f.depth, level=3))
-        assert ours <= png3, f"{name}: {ours} bytes vs PNG level 3 {png3}"
+    for codec in (make(), make(depth_codec="rvl")):
+        for name, f in frames:
+            ours = codec.encode(f).bytes_depth
+            png3 = len(imagecodecs.png_encode(f.depth, level=3))
+            assert ours <= png3, f"{name} {codec.quality}: {ours} bytes vs PNG level 3 {png3}"
 
 
 @pytest.mark.parametrize("err_mm,rel", [(1.0, 0.002), (5.0, 0.0), (0.5, 0.01)])
@@ -171,7 +172,8 @@ def test_float_metres_on_a_mm_grid_are_exact(frames):
 def test_float_metres_off_any_grid_keep_their_bits(frames):
     _, f = frames[4]
     m = _metres(f) * np.float32(1.0000123)
-    for opts in ({}, {"depth_codec": "png"}, {"depth_entropy": "none"}):
+    for opts in ({}, {"depth_codec": "rvl"}, {"depth_codec": "png"},
+                 {"depth_codec": "rvl", "depth_entropy": "none"}):
         codec = make(**opts)
         enc = codec.encode(RGBDFrame(f.color, m, 1.0))
         out = codec.decode(enc.payload).depth
@@ -195,12 +197,13 @@ def test_float_metres_lossy_bound(frames):
 
 
 def test_uint32_range_float_depth():
-    """Depths above 65.535 m at 1 mm need 32-bit units (and PNG falls back to RVL)."""
+    """Depths above 65.535 m at 1 mm need 32-bit units (and JPEG XL and PNG fall back to RVL)."""
     rng = np.random.default_rng(3)
     m = (rng.integers(1, 400_000, size=(21, 37)) / 1000.0).astype(np.float32)
     m[::4] = np.nan
     color = rng.integers(0, 256, size=(21, 37, 3), dtype=np.uint8)
-    for opts in ({}, {"depth_codec": "png"}, {"depth_entropy": "none"}):
+    for opts in ({}, {"depth_codec": "rvl"}, {"depth_codec": "png"},
+                 {"depth_codec": "rvl", "depth_entropy": "none"}):
         codec = make(**opts)
         out = codec.decode(codec.encode(RGBDFrame(color, m, 1.0)).payload).depth
         assert np.array_equal(np.isnan(out), np.isnan(m))
@@ -215,7 +218,7 @@ def test_odd_and_tiny_sizes(frames, size):
     depth = np.pad(f.depth, ((0, 1), (0, 1)), mode="reflect")[:h, :w]
     frame = RGBDFrame(np.ascontiguousarray(color), np.ascontiguousarray(depth), f.depth_scale_per_m)
     for cc in COLOR_CODECS:
-        for dc in ("rvl", "png", "rvl_lossy"):
+        for dc in classical.DEPTH_CODECS:
             codec = make(color_codec=cc, depth_codec=dc)
             out = codec.decode(codec.encode(frame).payload)
             assert out.color.shape == (h, w, 3) and out.depth.shape == (h, w), (cc, dc)
@@ -229,14 +232,15 @@ def test_bad_options():
            dict(color_quality="high"), dict(color_quality=True), dict(color_quality=80.5),
            dict(depth_codec="jpeg"), dict(depth_entropy="lzma"), dict(depth_zstd_level=0),
            dict(png_level=10), dict(depth_max_error_mm=0), dict(depth_max_error_mm=float("nan")),
-           dict(depth_rel_error=0.5), dict(depth_rel_error=1e-6), dict(colour_quality=80)]
+           dict(depth_rel_error=0.5), dict(depth_rel_error=1e-6), dict(colour_quality=80),
+           dict(depth_jxl_effort=0), dict(depth_jxl_effort=10)]
     codec = make()
     for opts in bad:
         with pytest.raises(CodecError, match=next(iter(opts)).split("_")[0]):
             codec.configure(**opts)
         with pytest.raises(CodecError):
             make(**opts)
-    assert codec.quality == "jpeg=90,depth=rvl"  # a refused configure changes nothing
+    assert codec.quality == "jpeg=90,depth=jpegxl"  # a refused configure changes nothing
     codec.configure(color_codec="WEBP", color_quality="70", depth_codec="rvl_lossy")
     assert codec.quality == "webp=70,depth=rvl_lossy(1mm+0.2%)"
 
@@ -294,20 +298,21 @@ def test_other_bad_payloads(payload):
     with pytest.raises(CodecError, match="bytes"):
         codec.decode(None)
     with pytest.raises(CodecError, match="version"):
-        codec.decode(payload[:4] + b"\x02" + payload[5:])
+        codec.decode(payload[:4] + b"\x03" + payload[5:])
 
 
 def _rewrite(payload, **changes):
     """Re-pack a payload with header fields changed and valid checksums (a crafted payload)."""
-    _, header, sections = container.unpack(payload, classical.MAGIC, (1,))
+    version, header, sections = container.unpack(payload, classical.MAGIC, classical.READABLE_VERSIONS)
     names = ["w", "h", "flags", "dtype", "scale", "ccodec", "cq", "fmt", "bits", "level",
              "sscale", "maxv", "quant", "qabs", "qrel", "qmargin"]
-    fields = dict(zip(names, classical._HEADER.unpack(header)))
+    fields = dict(zip(names, classical._HEADER.unpack_from(header)))
+    stream = header[classical._HEADER.size:]
     sections = list(sections)
     if "depth_section" in changes:
         sections[1] = changes.pop("depth_section")
     fields.update(changes)
-    return container.pack(classical.MAGIC, 1, classical._HEADER.pack(*fields.values()), sections)
+    return container.pack(classical.MAGIC, version, classical._HEADER.pack(*fields.values()) + stream, sections)
 
 
 def test_crafted_payloads_with_valid_checksums_are_refused(payload):
@@ -315,7 +320,7 @@ def test_crafted_payloads_with_valid_checksums_are_refused(payload):
     assert codec.decode(_rewrite(payload)).depth.shape == (480, 640)  # the rewrite is faithful
     for changes in (dict(w=641), dict(h=1), dict(w=100000, h=100000), dict(flags=1),
                     dict(flags=4), dict(dtype=1), dict(dtype=7), dict(scale=float("nan")),
-                    dict(ccodec=9), dict(ccodec=2), dict(fmt=3), dict(fmt=1), dict(fmt=9),
+                    dict(ccodec=9), dict(ccodec=2), dict(fmt=3), dict(fmt=1), dict(fmt=5), dict(fmt=9),
                     dict(bits=8), dict(maxv=1000), dict(quant=1, qabs=1.0, qrel=0.5),
                     dict(quant=1, qabs=-1.0, qrel=0.0), dict(quant=1, qabs=1.0, qmargin=2.0),
                     dict(quant=3), dict(sscale=1000.0), dict(depth_section=b""),
@@ -326,14 +331,20 @@ def test_crafted_payloads_with_valid_checksums_are_refused(payload):
 
 def test_encoding_is_deterministic(frames):
     _, f = frames[1]
+    # the same frame gives the same streams and header (the stream fields count the frames)
     codec = make(depth_codec="rvl_lossy")
-    assert codec.encode(f).payload == codec.encode(f).payload
+    first, second = (container.unpack(codec.encode(f).payload, classical.MAGIC, (classical.FORMAT_VERSION,))
+                     for _ in range(2))
+    size = classical._HEADER.size
+    assert first[2] == second[2] and first[1][:size] == second[1][:size]
+    stream_id, seq0, key0 = classical._STREAM.unpack_from(first[1], size)
+    assert classical._STREAM.unpack_from(second[1], size) == (stream_id, seq0 + 1, key0) and key0 == 1
 
 
 def test_header_layout_is_stable(payload):
     # magic, version, 2 sections, header length: a format change must be deliberate
-    assert payload[:4] == b"RDCL" and payload[4] == 1 and payload[5] == 2
-    assert struct.unpack_from("<H", payload, 6)[0] == classical._HEADER.size
+    assert payload[:4] == b"RDCL" and payload[4] == 2 and payload[5] == 2
+    assert struct.unpack_from("<H", payload, 6)[0] == classical._HEADER.size + classical._STREAM.size
 
 
 @pytest.mark.parametrize("abs_units,rel,margin", [(1.0, 0.002, 0.0), (10.0, 0.0, 0.0),

@@ -223,7 +223,8 @@ def test_compressed_round_trip_through_cdr(rosbags_types, data_dir):
     """fields -> CDR bytes -> decode: real frame, real classical bitstream, rosbags message type."""
     color, depth = real_pair(data_dir)
     msg = encode_msg(rosbags_types, create_backend("classical"), color, depth, scale=10000.0)
-    assert msg.codec == "classical" and msg.format_version == 1 and msg.depth_invalid == 0
+    assert msg.codec == "classical" and msg.format_version == convert.FORMAT_VERSION == 2 and msg.depth_invalid == 0
+    assert msg.keyframe and msg.sequence == 0
     back = rosbags_types.deserialize_cdr(rosbags_types.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
     assert (back.header.stamp.sec, back.header.stamp.nanosec, back.header.frame_id) == (100, 5, "color_optical")
     frame, cenc, denc = convert.decode_compressed(back)
@@ -268,7 +269,7 @@ def mutated(good, **changes):
 
 
 @pytest.mark.parametrize("changes,needle", [
-    (dict(format_version=2), "format_version 2 is not supported"),
+    (dict(format_version=3), "format_version 3 is not supported"),
     (dict(codec="wavelet"), "unknown codec 'wavelet'"),
     (dict(codec=""), "codec is empty"),
     (dict(color_width=161, depth_width=161), "but the message says 161x120"),

@@ -317,14 +317,18 @@ def test_overlapping_chunks_are_refused_together(frames):
 
 
 def test_max_chunk_bytes_option(frames):
-    """The limit is the user's: a plain bag with ~25 kB chunks is refused under --max-chunk-bytes
-    16K, read at 64K; a bad value is an argument error."""
-    d, _ = frames
+    """The limit is the user's: a plain bag with one frame per chunk is refused under a
+    --max-chunk-bytes below the frames' size, read at one well above; a bad value is an
+    argument error."""
+    d, msgs = frames
     path = forge(frames, "plain_limit.mcap")
-    rc, _, err, rss = run_capped(["bag", "info", path.name, "--max-chunk-bytes", "16K"], d)
-    assert_refused(rc, err, rss, d, "more than --max-chunk-bytes 16.0 KiB")
+    smallest_k, largest_k = (min(len(data) for _, data in msgs) // 1024,
+                             max(len(data) for _, data in msgs) // 1024 + 1)
+    below = max(1, smallest_k // 2)
+    rc, _, err, rss = run_capped(["bag", "info", path.name, "--max-chunk-bytes", f"{below}K"], d)
+    assert_refused(rc, err, rss, d, f"more than --max-chunk-bytes {below}.0 KiB")
     rc, out, err, _ = run_capped(["bag", "decompress", path.name, "lim.db3", "--no-progress",
-                                  "--max-chunk-bytes", "64K"], d)
+                                  "--max-chunk-bytes", f"{4 * largest_k}K"], d)
     assert rc == 0 and "4 pairs decoded" in out, err
     rc, _, err, _ = run_capped(["bag", "info", path.name, "--max-chunk-bytes", "lots"], d)
     assert rc == 2 and "--max-chunk-bytes" in err and "Traceback" not in err

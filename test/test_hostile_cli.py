@@ -288,11 +288,13 @@ def test_full_disk_is_one_line_and_leaves_nothing(work, args, out):
 
 @pytest.fixture(scope="module")
 def long_bag(tmp_path_factory, data_dir):
-    """A compressed bag of 60 full-size real pairs: decompressing it takes a few seconds."""
+    """A compressed bag of 240 full-size real pairs with RVL depth (slower to decode than the
+    JPEG XL default): decompressing it takes several seconds, so a signal sent after its output
+    appears arrives mid-run (with fewer pairs or JPEG XL depth a run sometimes finished first)."""
     d = tmp_path_factory.mktemp("long")
-    folder_to_bag(data_dir / "realsense_d435_taeyoung", d / "raw.mcap", limit=60)
+    folder_to_bag(data_dir / "7scenes_kinect1", d / "raw.mcap", limit=240)
     rc, _, err = run_cli("bag", "compress", d / "raw.mcap", d / "comp.mcap", *TOPIC_ARGS,
-                         "--drop-raw", "--no-progress")
+                         "-O", "depth_codec=rvl", "--drop-raw", "--no-progress")
     assert rc == 0, err
     (d / "raw.mcap").unlink()
     return d / "comp.mcap"

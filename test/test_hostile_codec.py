@@ -22,7 +22,7 @@ from rgbd_codec_ros.codec.learned.backend import LearnedBackend
 from rgbd_codec_ros.codec.learned.model import build_model, load_model
 from rgbd_codec_ros.codec.learned.weights_check import WeightsError
 
-from forge import forged as _forged
+from forge import forged as _forged, jxl_size_header
 from learned_fixtures import TRAINED_TINY, load_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,25 +210,6 @@ def test_payload_naming_an_unknown_model_finds_weights_added_later(tmp_path, rea
 
 
 # --------------------------------------------------------------------------- classical payloads
-def _jxl_size_header(width: int, height: int) -> bytes:
-    """A JPEG XL codestream signature + SizeHeader (ISO/IEC 18181-1), written bit by bit."""
-    bits = []
-
-    def put(v, n):
-        bits.extend((v >> i) & 1 for i in range(n))
-
-    def u32(v):   # selector 3: 1 + u(30)
-        put(3, 2)
-        put(v - 1, 30)
-    put(0, 1)              # not small
-    u32(height)
-    put(0, 3)              # ratio 0: explicit width
-    u32(width)
-    bits += [0] * (-len(bits) % 8)
-    body = bytes(sum(b << i for i, b in enumerate(bits[k:k + 8])) for k in range(0, len(bits), 8))
-    return b"\xff\x0a" + body
-
-
 def _classical_with_colour(colour_codec: str, section0: bytes, w=64, h=64) -> bytes:
     be = classical.ClassicalBackend(color_codec=colour_codec)
     frame = RGBDFrame(np.zeros((h, w, 3), np.uint8), np.full((h, w), 1000, np.uint16))
@@ -239,7 +220,7 @@ def _classical_with_colour(colour_codec: str, section0: bytes, w=64, h=64) -> by
 
 
 def test_classical_colour_stream_larger_than_its_header_is_refused_before_decoding():
-    big = _jxl_size_header(16384, 16384) + bytes(31000)
+    big = jxl_size_header(16384, 16384) + bytes(31000)
     payload = _classical_with_colour("jpegxl", big)
     with pytest.raises(CodecError, match="16384x16384, the header says 64x64"):
         classical.ClassicalBackend().decode(payload)

@@ -158,7 +158,7 @@ def check_pair(pipe: Pipeline, stamp: int, color: np.ndarray, color_encoding: st
     assert (c.height, c.width) == color.shape[:2] and (d.height, d.width) == depth.shape[:2]
     c_arr, d_arr = convert.image_to_array(c), convert.image_to_array(d)
     assert c_arr.shape == color.shape and d_arr.dtype == depth.dtype
-    # lossless depth (the classical default, RVL): every value, holes included, exactly back
+    # lossless depth (the classical default, JPEG XL): every value, holes included, exactly back
     np.testing.assert_array_equal(d_arr, depth)
     if depth_encoding == "16UC1":
         np.testing.assert_array_equal(d_arr == 0, depth == 0)

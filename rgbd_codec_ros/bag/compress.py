@@ -6,6 +6,12 @@ live node would have received them), each pair is coded with a backend, and
 the result is written as ``rgbd_codec_ros/msg/CompressedRGBD`` with its
 complete message definition and RIHS01 hash. Other topics are copied through
 byte for byte (with their stored definitions, hashes and QoS) unless dropped.
+
+One backend instance codes the whole output stream, pairs in the order they complete (the
+bag's receive order, which is their stamp order): a temporal colour codec (h264, hevc, av1)
+writes GOPs that start with a keyframe, and starts a new one where the image size changes,
+where the stamps go backwards (a restarted recording) and after a pair that failed to code.
+Every message carries ``sequence`` (its index among the written messages) and ``keyframe``.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from rgbd_codec_ros import convert
 from rgbd_codec_ros.bag import messages, msgdefs
@@ -57,15 +63,18 @@ class CompressStats:
     dropped_color: int = 0
     dropped_depth: int = 0
     skipped: int = 0            # unreadable / uncodable messages or pairs
+    keyframes: int = 0          # written pairs that decode on their own (intra codecs: all)
     copied: int = 0             # messages of other topics copied through
     raw_image_bytes: int = 0    # serialized bytes of the paired raw images
     compressed_bytes: int = 0   # serialized bytes of the CompressedRGBD messages
     storage: str = ""
     output: str = ""
+    last_log_time: Optional[int] = None     # bag time of the last CompressedRGBD written
 
     def summary(self) -> str:
         ratio = (self.raw_image_bytes / self.compressed_bytes) if self.compressed_bytes else 0.0
-        return (f"{self.pairs} pairs written to {self.output} ({self.storage}); "
+        return (f"{self.pairs} pairs written to {self.output} ({self.storage}), "
+                f"{self.keyframes} of them keyframes; "
                 f"{self.color_msgs} colour / {self.depth_msgs} depth messages read, "
                 f"{self.dropped_color} colour / {self.dropped_depth} depth left unpaired, "
                 f"{self.skipped} skipped, {self.copied} other messages copied; "
@@ -133,6 +142,7 @@ class _Encoder:
         self.color_info = None
         self.depth_info = None
         self._info_schedule = convert.CameraInfoSchedule(opts.camera_info_period)
+        self._last_stamp_ns: Optional[int] = None
 
     def set_info(self, which: str, info) -> None:
         if which == "color":
@@ -144,16 +154,30 @@ class _Encoder:
         """The camera infos to attach to this frame (the encoder node's rule)."""
         return self._info_schedule.infos_for_frame(self.color_info, self.depth_info)
 
-    def encode(self, color_msg, depth_msg) -> bytes:
+    def encode(self, color_msg, depth_msg, sequence: int) -> Tuple[bytes, bool]:
+        """(CDR bytes, keyframe) of the pair; ``sequence``: its index in the output stream."""
         color_arr = convert.image_to_array(color_msg)
         depth_arr = convert.image_to_array(depth_msg)
         frame = convert.images_to_frame(color_arr, color_msg.encoding, depth_arr, depth_msg.encoding,
                                         self.opts.depth_scale_per_m)
-        encoded = self.backend.encode(frame)
-        fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding)
+        stamp_ns = stamp_to_ns(color_msg.header.stamp)
+        frame.stamp_s = stamp_ns / 1e9      # paces a video encoder's rate control
+        if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+            # a restarted recording: predicting across the restart would tie it to the old run
+            self.backend.request_keyframe()
+        try:
+            encoded = self.backend.encode(frame)
+        except Exception:
+            # the video encoder may have taken the frame in before failing: the next frame must
+            # not be predicted from a frame that is never written
+            self.backend.request_keyframe()
+            raise
+        self._last_stamp_ns = stamp_ns
+        fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding,
+                                           sequence=sequence)
         color_info, depth_info = self._infos()
         msg = messages.compressed(fields, color_msg.header, depth_msg.header, color_info, depth_info)
-        return messages.serialize(msg, msgdefs.COMPRESSED_RGBD)
+        return messages.serialize(msg, msgdefs.COMPRESSED_RGBD), encoded.keyframe
 
 
 def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str], None]] = None,
@@ -218,7 +242,7 @@ def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str],
                         else:
                             stats.depth_msgs += 1
                         try:
-                            msg = messages.deserialize(data, msgdefs.IMAGE)
+                            msg = messages.deserialize(data, msgdefs.read_type(conn))
                             stamp = stamp_to_ns(msg.header.stamp)
                         except ValueError as exc:
                             stats.skipped += 1
@@ -230,7 +254,7 @@ def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str],
                             _write_pair(bag, out_conn, encoder, pair, stats, warn)
                     elif topic in (opts.color_info_topic, opts.depth_info_topic):
                         try:
-                            info = messages.deserialize(data, msgdefs.CAMERA_INFO)
+                            info = messages.deserialize(data, msgdefs.read_type(conn))
                         except ValueError as exc:
                             stats.skipped += 1
                             warn(f"{topic} at t={t}: {exc}; skipped")
@@ -259,7 +283,7 @@ def _write_pair(bag, out_conn, encoder: _Encoder, pair, stats: CompressStats, wa
     t_c, color_msg, n_c = pair.color
     t_d, depth_msg, n_d = pair.depth
     try:
-        data = encoder.encode(color_msg, depth_msg)
+        data, keyframe = encoder.encode(color_msg, depth_msg, sequence=stats.pairs)
     except CodecError as exc:
         stats.skipped += 1
         warn(f"pair at stamp {pair.color_stamp_ns} ns not coded: {exc}; skipped")
@@ -269,9 +293,16 @@ def _write_pair(bag, out_conn, encoder: _Encoder, pair, stats: CompressStats, wa
         warn(f"pair at stamp {pair.color_stamp_ns} ns not coded, {encoder.backend.name} failed: "
              f"{type(exc).__name__}: {exc}; skipped")
         return
-    # logged when the pair is complete, as a live encoder would publish it
-    bag.write(out_conn, max(t_c, t_d), data)
+    # logged when the pair is complete, as a live encoder would publish it; never at the time
+    # of the message before (two pairs completed at one receive time), so that every reader
+    # returns the stream in its coding order, which a temporal decoder needs
+    t_log = max(t_c, t_d)
+    if stats.last_log_time is not None:
+        t_log = max(t_log, stats.last_log_time + 1)
+    bag.write(out_conn, t_log, data)
+    stats.last_log_time = t_log
     stats.pairs += 1
+    stats.keyframes += bool(keyframe)
     stats.raw_image_bytes += n_c + n_d
     stats.compressed_bytes += len(data)
 

@@ -5,6 +5,12 @@ decoder node makes), so what lands in the bag or folder is exactly what a
 live decoder would publish: the colour and depth images in the encodings,
 sizes, stamps and frame ids they had before coding, and the latest camera
 calibration carried by the stream, stamped like the image it goes with.
+
+Messages are decoded in bag order by one set of backends for the topic (:class:`TopicDecoder`),
+so that a temporal colour codec (h264, hevc, av1) finds each predicted frame's references.
+What cannot be decoded is never written, and is counted by reason: predicted frames before the
+stream's first keyframe (a recording that joined a running stream), predicted frames after
+lost or damaged ones (up to the next keyframe), stale duplicates, and damaged messages.
 """
 from __future__ import annotations
 
@@ -18,9 +24,9 @@ from rgbd_codec_ros.bag import messages, msgdefs
 from rgbd_codec_ros.bag.compress import TOPICS_KEY, Warnings, _progress, passthrough_definition
 from rgbd_codec_ros.bag.dataset import PairsFolderWriter
 from rgbd_codec_ros.bag.storage import (
-    AtomicBagWriter, OutputError, embedded_metadata, input_storage, iter_messages, open_reader,
+    AtomicBagWriter, embedded_metadata, input_storage, iter_messages, open_reader,
     refuse_input_as_output, resolve_output)
-from rgbd_codec_ros.codec.base import CodecError, create_backend
+from rgbd_codec_ros.codec.base import CodecError, MissingReference, create_backend
 from rgbd_codec_ros.sync import stamp_to_ns
 
 
@@ -44,25 +50,43 @@ class DecompressOptions:
 @dataclass
 class DecompressStats:
     frames: int = 0
-    skipped: int = 0
+    skipped: int = 0            # damaged: not deserializable, or not decodable
+    before_keyframe: int = 0    # predicted frames before the topic's first keyframe
+    lost_reference: int = 0     # predicted frames after lost or damaged ones, to the next keyframe
+    stale: int = 0              # duplicates or late copies of frames already decoded: dropped
     copied: int = 0
     output: str = ""
     topics: Optional[Dict[str, str]] = None
 
     def summary(self) -> str:
-        return (f"{self.frames} pairs decoded to {self.output}; {self.skipped} skipped, "
+        text = (f"{self.frames} pairs decoded to {self.output}; {self.skipped} skipped, "
                 f"{self.copied} other messages copied")
-
+        missing = []
+        if self.before_keyframe:
+            missing.append(f"{self.before_keyframe} predicted frames before the first keyframe")
+        if self.lost_reference:
+            missing.append(f"{self.lost_reference} after lost or damaged frames, up to the "
+                           "next keyframe")
+        if missing:
+            text += "; not decodable without their reference frames: " + ", ".join(missing)
+        if self.stale:
+            text += f"; {self.stale} stale duplicates dropped"
+        return text
 
 
 def _refuse_incomplete(opts, stats, topic: str) -> None:
-    """Raise (so that nothing is written) if --strict met a bad message or nothing decoded."""
-    if opts.strict and stats.skipped:
-        raise CodecError(f"{stats.skipped} message(s) could not be decoded (see the "
-                         "warnings) and --strict was given; nothing was written")
+    """Raise (so that nothing is written) if --strict met a damaged message or frames lost
+    mid-stream, or if nothing decoded. A start mid-GOP and stale duplicates are how a
+    recording that joined a running stream looks: they are reported, not refused."""
+    if opts.strict and (stats.skipped or stats.lost_reference):
+        raise CodecError(f"{stats.skipped} message(s) could not be decoded and "
+                         f"{stats.lost_reference} predicted frame(s) lost their references (see "
+                         "the warnings), and --strict was given; nothing was written")
     if stats.frames == 0:
-        raise CodecError(f"no message of {topic} could be decoded ({stats.skipped} skipped); "
-                         "nothing was written")
+        raise CodecError(f"no message of {topic} could be decoded ({stats.skipped} skipped, "
+                         f"{stats.before_keyframe + stats.lost_reference} predicted frames "
+                         "without a keyframe before them); nothing was written")
+
 
 def read_custom_data(path) -> Dict[str, str]:
     """rosbag2 ``custom_data`` of a bag (directory or bare file)."""
@@ -113,10 +137,49 @@ def _backends(opts: DecompressOptions) -> Dict[str, object]:
     return {}
 
 
-def _decode(data, backends):
-    msg = messages.deserialize(data, msgdefs.COMPRESSED_RGBD)
-    frame, color_enc, depth_enc = convert.decode_compressed(msg, backends)
-    return msg, frame, color_enc, depth_enc
+class TopicDecoder:
+    """Decodes the messages of one CompressedRGBD topic, in bag order, with one backend per
+    codec, counting into ``stats`` (and warning about) what it cannot decode."""
+
+    def __init__(self, topic: str, opts: DecompressOptions, stats: DecompressStats,
+                 warn: Callable[[str], None]):
+        self.topic, self.stats, self.warn = topic, stats, warn
+        self.backends = _backends(opts)
+        self._started = False       # a message decoded or found damaged: later misses are losses
+        self._waiting = False       # skipping predicted frames after a loss
+
+    def decode(self, conn, t: int, data):
+        """(msg, frame, color_encoding, depth_encoding), or None for a message that is not
+        decodable (counted)."""
+        try:
+            msg = messages.deserialize(data, msgdefs.read_type(conn))
+            frame, color_enc, depth_enc = convert.decode_compressed(msg, self.backends)
+        except MissingReference as exc:
+            self._missing_reference(t, exc)
+            return None
+        except Exception as exc:
+            self.damaged(t, exc)
+            return None
+        self._started, self._waiting = True, False
+        return msg, frame, color_enc, depth_enc
+
+    def damaged(self, t: int, exc: BaseException) -> None:
+        """Count a message that cannot be decoded or written (also after it was decoded)."""
+        self._started = True
+        self.stats.skipped += 1
+        self.warn(f"{self.topic} at t={t}: {_why(exc)}; skipped")
+
+    def _missing_reference(self, t: int, exc: MissingReference) -> None:
+        if exc.stale:
+            self.stats.stale += 1
+            self.warn(f"{self.topic} at t={t}: {exc}; a stale duplicate, dropped")
+        elif not self._started:
+            self.stats.before_keyframe += 1
+        else:
+            self.stats.lost_reference += 1
+            if not self._waiting:   # once per run of skipped frames
+                self.warn(f"{self.topic} at t={t}: {exc}; skipping to the next keyframe")
+            self._waiting = True
 
 
 def _why(exc: BaseException) -> str:
@@ -126,13 +189,13 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _restored_records(data, backends, names, latest, img_def, info_def):
-    """Decode one CompressedRGBD message into [(topic, msgtype, definition, CDR bytes)].
+def _restored_records(decoded, names, latest, img_def, info_def):
+    """A decoded CompressedRGBD message as [(topic, msgtype, definition, CDR bytes)].
 
     Everything that can fail on a damaged or hostile message happens here, before
     anything is written; ``latest`` (the calibration carried so far) is updated only
-    when the message decodes."""
-    msg, frame, color_enc, depth_enc = _decode(data, backends)
+    when this succeeds."""
+    msg, frame, color_enc, depth_enc = decoded
     color_arr, depth_arr = convert.frame_to_images(frame, color_enc, depth_enc)
     out = [
         (names["color_topic"], msgdefs.IMAGE, img_def, messages.serialize(
@@ -175,7 +238,7 @@ def decompress_bag(inp, out, opts: DecompressOptions,
             raise CodecError(f"the bag already has topic(s) {', '.join(clash)}; restore under other "
                              "names (--color-topic/--depth-topic/--color-info-topic/"
                              "--depth-info-topic) or drop them with --exclude")
-        backends = _backends(opts)
+        decoder = TopicDecoder(topic, opts, stats, warn)
         with AtomicBagWriter(out_path, storage=storage, force=opts.force, single_file=single,
                              inputs=(inp,)) as bag:
             copy_conns = {}
@@ -198,14 +261,13 @@ def decompress_bag(inp, out, opts: DecompressOptions,
                             stats.copied += 1
                     if conn.topic != topic:
                         continue
+                    decoded = decoder.decode(conn, t, data)
+                    if decoded is None:
+                        continue
                     try:
-                        records = _restored_records(data, backends, names, latest, img_def,
-                                                    info_def)
-                    except OutputError:
-                        raise
+                        records = _restored_records(decoded, names, latest, img_def, info_def)
                     except Exception as exc:
-                        stats.skipped += 1
-                        warn(f"{topic} at t={t}: {_why(exc)}; skipped")
+                        decoder.damaged(t, exc)
                         continue
                     for rtopic, rtype, rdef, rdata in records:
                         bag.write(bag.add_connection(rtopic, rtype, *rdef), t, rdata)
@@ -227,7 +289,7 @@ def decompress_to_images(inp, out_dir, opts: DecompressOptions,
     reader = open_reader(inp)
     try:
         topic = choose_topic(reader, opts.topic)
-        backends = _backends(opts)
+        decoder = TopicDecoder(topic, opts, stats, warn)
         conns = [c for c in reader.connections if c.topic == topic]
         used_ids = set()
         codecs, intrinsics = set(), None
@@ -236,8 +298,11 @@ def decompress_to_images(inp, out_dir, opts: DecompressOptions,
             try:
                 for conn, t, data in iter_messages(reader, conns):
                     progress.update(1)
+                    decoded = decoder.decode(conn, t, data)
+                    if decoded is None:
+                        continue
+                    msg, frame, color_enc, depth_enc = decoded
                     try:
-                        msg, frame, color_enc, depth_enc = _decode(data, backends)
                         if depth_enc == "16UC1":
                             depth, scale = frame.depth, float(frame.depth_scale_per_m)
                         else:   # float metres -> integer units for a 16-bit PNG
@@ -246,8 +311,7 @@ def decompress_to_images(inp, out_dir, opts: DecompressOptions,
                         c_ns = stamp_to_ns(msg.header.stamp)
                         d_ns = stamp_to_ns(msg.depth_header.stamp)
                     except Exception as exc:
-                        stats.skipped += 1
-                        warn(f"{topic} at t={t}: {_why(exc)}; skipped")
+                        decoder.damaged(t, exc)
                         continue
                     pair_id = f"{c_ns:019d}"
                     n = 1

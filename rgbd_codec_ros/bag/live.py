@@ -4,7 +4,9 @@ The recorder subscribes with ``raw=True``, so it stores the CDR bytes exactly
 as they arrived over DDS (nothing is deserialized or re-serialized), stamped
 with the time of reception, and writes them with the same atomic bag writer
 as the other bag tools (complete message definitions and RIHS01 hashes).
-The player publishes stored CDR bytes as they are, at the bag's pace.
+The player publishes stored CDR bytes as they are, at the bag's pace; only CompressedRGBD
+messages recorded with an older definition (format 1) are re-serialized in the current one,
+since subscribers built with it would mis-read them.
 
 Both need the message's generated Python type support (rclpy has no dynamic
 types): ``rgbd_codec_ros.msg`` after ``scripts/setup_venv.sh`` or a colcon
@@ -21,7 +23,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Dict, Optional, Sequence
 
-from rgbd_codec_ros.bag import msgdefs
+from rgbd_codec_ros.bag import messages, msgdefs
 from rgbd_codec_ros.bag.storage import AtomicBagWriter, iter_messages, open_reader, resolve_output
 from rgbd_codec_ros.codec.base import CodecError
 
@@ -202,6 +204,11 @@ def play(inp, *, topics: Optional[Sequence[str]] = None, rate: float = 1.0,
         if not conns:
             raise CodecError("the bag has no topics to play")
         counts = {c.topic: 0 for c in conns}
+        # connections to re-serialize: CompressedRGBD recorded with an older definition
+        upgrade = {c.id: msgdefs.read_type(c) for c in conns
+                   if c.msgtype == msgdefs.COMPRESSED_RGBD
+                   and msgdefs.read_type(c) != msgdefs.COMPRESSED_RGBD}
+        skipped = 0
         with _ros(node_name) as (node, executor):
             pubs = {}
             qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -230,11 +237,22 @@ def play(inp, *, topics: Optional[Sequence[str]] = None, rate: float = 1.0,
                         if left <= 0:
                             break
                         executor.spin_once(timeout_sec=min(left, 0.05))
+                if conn.id in upgrade:
+                    try:
+                        data = messages.compressed_in_current_definition(
+                            data, upgrade[conn.id], counts[conn.topic])
+                    except ValueError as exc:
+                        skipped += 1
+                        log(f"warning: {conn.topic} at t={t}: {exc}; skipped")
+                        continue
                 pubs[conn.topic].publish(bytes(data))
                 counts[conn.topic] += 1
             for p in pubs.values():   # reliable delivery of the tail before tearing down
                 p.wait_for_all_acked(Duration(seconds=5))
     finally:
         reader.close()
-    log(f"published {sum(counts.values())} messages")
+    log(f"published {sum(counts.values())} messages"
+        + (f", {skipped} damaged older-format messages skipped" if skipped else "")
+        + (f" ({len(upgrade)} topic(s) recorded with an older CompressedRGBD definition, "
+           "converted to the current one)" if upgrade else ""))
     return counts

@@ -6,7 +6,7 @@ which must be constructed with every field at once.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -29,6 +29,32 @@ def deserialize(data, msgtype: str) -> Any:
     except Exception as exc:
         raise ValueError(f"cannot deserialize {msgtype} ({len(data)} bytes): "
                          f"{type(exc).__name__}: {exc}") from exc
+
+
+def stream_fields(msg: Any) -> Tuple[bool, Optional[int]]:
+    """(keyframe, sequence) of a CompressedRGBD. Format 1 messages predate both fields: they
+    come from intra-only codecs, so every one is a keyframe, and they carry no sequence."""
+    if int(msg.format_version) < 2 or not hasattr(msg, "keyframe"):
+        return True, None
+    return bool(msg.keyframe), int(msg.sequence)
+
+
+def compressed_in_current_definition(data, stored_type: str, sequence: int) -> bytes:
+    """CDR bytes of a CompressedRGBD recorded with an older definition (``stored_type``, from
+    ``msgdefs.read_type``), re-serialized in the current one, so that nodes built with it can
+    read them. Fields keep their values (``format_version`` too); a format 1 message becomes
+    a keyframe numbered ``sequence``. A damaged message is a ValueError."""
+    old = deserialize(data, stored_type)
+    keyframe, old_sequence = stream_fields(old)
+    names = [name for name, _ in msgdefs.typestore().fielddefs[msgdefs.COMPRESSED_RGBD][1]]
+    values = {name: getattr(old, name) for name in names if hasattr(old, name)}
+    values.setdefault("sequence", sequence if old_sequence is None else old_sequence)
+    values.setdefault("keyframe", keyframe)
+    try:
+        msg = _types()[msgdefs.COMPRESSED_RGBD](**values)
+    except TypeError as exc:    # a stored definition that lacks more than format 2 added
+        raise ValueError(f"cannot convert {stored_type} to {msgdefs.COMPRESSED_RGBD}: {exc}") from exc
+    return serialize(msg, msgdefs.COMPRESSED_RGBD)
 
 
 def header(stamp_ns: int, frame_id: str = "") -> Any:

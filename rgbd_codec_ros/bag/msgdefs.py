@@ -6,9 +6,15 @@ uses, each after a line of 80 ``=`` and a ``MSG: pkg/msg/Type`` line) and the
 RIHS01 type-description hash. This module produces all three for
 ``rgbd_codec_ros/msg/CompressedRGBD`` without needing the generated ROS type
 support, so the bag tools work on machines that have no ROS install.
+
+Reading goes the other way: a bag recorded with an older definition of a type (e.g.
+CompressedRGBD format 1, before ``sequence`` and ``keyframe``) must be deserialized with the
+definition stored in the bag, since CDR carries no field names. :func:`read_type` registers such
+a stored definition under a private name and returns the name to deserialize with.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -152,6 +158,92 @@ def register_from_definition(store, msgtype: str, msgdef: str) -> bool:
     except Exception:
         return False
     return msgtype in store.types
+
+
+def read_type(conn) -> str:
+    """The typestore name to deserialize a rosbags connection's messages with.
+
+    Its own type name when the bag stores no definition or one with the layout this
+    typestore knows; otherwise the definition stored in the bag, registered under a private
+    name (see :func:`stored_definition_type`)."""
+    from rosbags.interfaces import MessageDefinitionFormat
+
+    if conn.msgdef.format != MessageDefinitionFormat.MSG:
+        return conn.msgtype     # none stored (or IDL, which rosbag2 writes for no msg type here)
+    return stored_definition_type(conn.msgtype, conn.msgdef.data)
+
+
+@lru_cache(maxsize=256)
+def stored_definition_type(msgtype: str, msgdef: str) -> str:
+    """Register a bag's stored ros2msg definition of ``msgtype`` unless its layout is the
+    known one; returns the name its messages deserialize with.
+
+    The stored type, and every type of its definition whose layout differs from the known
+    one (with the types that use those), are registered as ``<pkg>_stored_<tag>/msg/<Name>``
+    (``tag``: a digest of the definition text), so they never replace the current types.
+    A definition that does not parse falls back to the known type: the per-message checks
+    then refuse what does not fit."""
+    from rosbags.typesys import get_types_from_msg
+
+    store = typestore()
+    try:
+        stored = get_types_from_msg(msgdef, msgtype)
+    except Exception:
+        return msgtype
+    renamed = _types_to_rename(store, stored)
+    if not renamed:
+        return msgtype
+    tag = hashlib.sha256(msgdef.encode("utf-8")).hexdigest()[:12]
+    names = {}
+    for name in renamed:
+        pkg, _, typ = name.split("/")
+        names[name] = f"{pkg}_stored_{tag}/msg/{typ}"
+    private = {names[name]: (consts, [(fname, _rename_field(desc, names)) for fname, desc in fields])
+               for name, (consts, fields) in stored.items() if name in renamed}
+    try:
+        store.register(private)
+    except Exception:
+        return msgtype
+    return names[msgtype]
+
+
+def _referenced_types(desc) -> List[str]:
+    """Names of the message types a rosbags field descriptor refers to."""
+    from rosbags.interfaces import Nodetype
+
+    kind, rest = desc
+    if kind == Nodetype.NAME:
+        return [rest]
+    if kind in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+        return _referenced_types(rest[0])
+    return []
+
+
+def _rename_field(desc, names: Dict[str, str]):
+    from rosbags.interfaces import Nodetype
+
+    kind, rest = desc
+    if kind == Nodetype.NAME:
+        return kind, names.get(rest, rest)
+    if kind in (Nodetype.ARRAY, Nodetype.SEQUENCE):
+        return kind, (_rename_field(rest[0], names), rest[1])
+    return desc
+
+
+def _types_to_rename(store, stored) -> List[str]:
+    """The types of a parsed definition that the store does not hold with the same layout,
+    and (transitively) the types that refer to them."""
+    renamed = {name for name, (_, fields) in stored.items()
+               if name not in store.fielddefs or store.fielddefs[name][1] != fields}
+    grew = True
+    while grew:
+        grew = False
+        for name, (_, fields) in stored.items():
+            if name not in renamed and any(ref in renamed for _, desc in fields
+                                           for ref in _referenced_types(desc)):
+                renamed.add(name)
+                grew = True
+    return sorted(renamed)
 
 
 @lru_cache(maxsize=None)

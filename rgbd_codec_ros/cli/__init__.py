@@ -41,6 +41,11 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        # CPython quirk: a KeyboardInterrupt that passed through code run by a string exec/eval
+        # (rosbags' generated (de)serialisers) sets a runtime flag that makes `python -m` kill
+        # itself with SIGINT at exit even though the interrupt was handled here (exit status -2
+        # instead of 130). Every string exec clears that flag first, so run an empty one.
+        exec("pass")
         return 130
 
 

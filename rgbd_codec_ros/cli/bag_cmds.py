@@ -122,13 +122,15 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--codec", default="classical", help="backend: classical or learned "
                                                          "(default: %(default)s)")
     p.add_argument("--quality", type=float, help="the backend's main quality knob (classical: "
-                   "color_quality 1-100; learned: 0..levels-1, fractions between, down to -1)")
+                   "color_quality 1-100, 100 best, for h264/hevc/av1 mapped onto the CRF; "
+                   "learned: 0..levels-1, fractions between, down to -1)")
     p.add_argument("--model", help="learned codec weights: a .pt path or a name in the package's "
                                    "models/ folder (default: the shipped ones)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="learned codec device")
     p.add_argument("-O", "--codec-option", action="append", default=[], metavar="KEY=VALUE",
                    help="backend option (repeatable; same form as the encoder node's codec_options), "
-                        "e.g. -O color_codec=webp -O depth_codec=rvl_lossy")
+                        "e.g. -O color_codec=webp -O depth_codec=rvl_lossy, or video colour "
+                        "-O color_codec=h264 -O keyframe_interval=30")
     p.add_argument("--drop-raw", action="store_true",
                    help="leave the colour/depth image and camera_info topics out of OUT")
     p.add_argument("--exclude", action="append", default=[], metavar="TOPIC",
@@ -154,7 +156,10 @@ def add_parsers(subparsers) -> None:
         "decompress", help="CompressedRGBD -> raw Image + CameraInfo topics, or PNG files",
         description="Decode a CompressedRGBD topic back to sensor_msgs/Image (+CameraInfo) topics "
                     "with the original stamps and encodings, or with --images into a folder of "
-                    "colour PNG + 16-bit depth PNG files with meta.json (the shared-data layout).")
+                    "colour PNG + 16-bit depth PNG files with meta.json (the shared-data layout). "
+                    "Messages are decoded in order; predicted frames (h264/hevc/av1 colour) "
+                    "without their reference frames are skipped to the next keyframe and "
+                    "counted in the summary.")
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT", nargs="?", help="new bag (omit with --images)")
     p.add_argument("--images", metavar="DIR", help="write a dataset folder instead of a bag")
@@ -174,15 +179,16 @@ def add_parsers(subparsers) -> None:
                    help="--images: units per metre for 32FC1 depth written as 16-bit PNG "
                         "(default: %(default)s)")
     p.add_argument("--strict", action="store_true",
-                   help="fail (write nothing) if any message cannot be decoded")
+                   help="fail (write nothing) if a message is damaged or frames were lost "
+                        "mid-stream (a start before the first keyframe is not an error)")
     p.add_argument("--no-progress", action="store_true")
     _add_output_args(p, "bag or folder")
     _add_limit_args(p)
     p.set_defaults(func=_cmd_decompress)
 
     # ------------------------------------------------------------------ info
-    p = sub.add_parser("info", help="topics, counts, duration; codec and bit rates of "
-                                    "CompressedRGBD topics")
+    p = sub.add_parser("info", help="topics, counts, duration; codec, GOP structure and bit "
+                                    "rates of CompressedRGBD topics")
     p.add_argument("input", metavar="IN")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_limit_args(p)

@@ -14,6 +14,7 @@ from rgbd_codec_ros.cli.errors import system_errors_as_codec_errors
 from rgbd_codec_ros.codec.base import LEARNED_DEFAULT_MAX_PIXELS, CodecError, RGBDFrame, create_backend
 
 LEARNED_MAGIC = b"RGBDL"
+CLASSICAL_MAGIC = b"RDCL"
 
 
 def add_parsers(sub) -> None:
@@ -256,8 +257,16 @@ def run_info(args) -> int:
         from rgbd_codec_ros.codec.learned.backend import check_header
         check_header(header, sections, args.max_pixels or LEARNED_DEFAULT_MAX_PIXELS)
         print("  header checks: pass (sizes, latent shapes, section lengths, limits)")
+    elif payload.startswith(CLASSICAL_MAGIC):
+        from rgbd_codec_ros.codec import classical
+        fields = classical.describe(payload)
+        print(f"classical codec payload, format {fields.pop('format_version')}, {len(payload)} bytes")
+        for k, v in fields.items():
+            print(f"  {k}: {v}")
+        if not fields["keyframe"]:
+            print("  predicted frame: decodes only after the frames before it, back to a keyframe")
     else:
-        print(f"{len(payload)} bytes, not a learned-codec payload (magic {payload[:8]!r})")
+        print(f"{len(payload)} bytes, not a payload of this package's codecs (magic {payload[:8]!r})")
     return 0
 
 

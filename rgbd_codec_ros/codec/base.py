@@ -26,6 +26,17 @@ class CodecError(ValueError):
     """A payload or an input that cannot be coded; the message says why."""
 
 
+class MissingReference(CodecError):
+    """A temporally predicted frame whose reference this decoder does not hold (it joined late,
+    a frame was lost, or the stream restarted). Nothing is decoded; decoding resumes at the
+    next keyframe. ``stale`` is True for a frame older than (or equal to) the last decoded one,
+    a duplicate or a late reordered copy: dropping it loses nothing and needs no keyframe."""
+
+    def __init__(self, message: str, stale: bool = False):
+        super().__init__(message)
+        self.stale = stale
+
+
 #: Decode limits (README, "Security"). A payload's declared frame size is checked against its
 #: backend's ``max_pixels`` option before any memory is allocated or native code runs; these
 #: are the defaults. Classical decoding is cheap per pixel (3840x2160 covers every RGB-D camera
@@ -64,6 +75,8 @@ class RGBDFrame:
     color: np.ndarray
     depth: np.ndarray
     depth_scale_per_m: float = 1000.0
+    #: capture time in seconds, where known: temporal codecs pace their rate control by it
+    stamp_s: Optional[float] = None
 
     def validate(self) -> None:
         """Raise CodecError if the pair is not something a backend accepts."""
@@ -112,6 +125,9 @@ class EncodedRGBD:
     bytes_rgb: Optional[int] = None     # None where the streams are not separable
     bytes_depth: Optional[int] = None
     info: Dict[str, Any] = field(default_factory=dict)
+    #: False for a temporally predicted frame: it decodes only after the frames before it,
+    #: back to the last keyframe (intra-only codecs: every frame is a keyframe)
+    keyframe: bool = True
 
 
 class CodecBackend(abc.ABC):
@@ -140,7 +156,20 @@ class CodecBackend(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, payload: bytes) -> RGBDFrame:
-        """Decode one payload. Raise CodecError (never return a wrong image) on a bad payload."""
+        """Decode one payload. Raise CodecError (never return a wrong image) on a bad payload.
+        A temporal backend decodes its stream in order and raises MissingReference for a
+        predicted frame whose reference it does not hold."""
+
+    @property
+    def temporal(self) -> bool:
+        """True when the current settings code frames against earlier ones."""
+        return False
+
+    def request_keyframe(self) -> None:
+        """Make the next encoded frame a keyframe (a no-op for intra-only settings)."""
+
+    def reset_decoder(self) -> None:
+        """Forget the decoding state (the next predicted frame needs a keyframe first)."""
 
 
 _REGISTRY: Dict[str, Callable[..., CodecBackend]] = {}

@@ -61,15 +61,15 @@ def webp_size(data: bytes) -> Tuple[int, int]:
 class _LsbBits:
     """JPEG XL reads bits least-significant first."""
 
-    def __init__(self, data: bytes, pos: int = 0):
-        self.data, self.bit = data, pos * 8
+    def __init__(self, data: bytes, pos: int = 0, what: str = "colour"):
+        self.data, self.bit, self.what = data, pos * 8, what
 
     def read(self, n: int) -> int:
         v = 0
         for i in range(n):
             byte = self.bit >> 3
             if byte >= len(self.data):
-                raise CodecError("colour JPEG XL stream is truncated in its size header")
+                raise CodecError(f"{self.what} JPEG XL stream is truncated in its size header")
             v |= ((self.data[byte] >> (self.bit & 7)) & 1) << i
             self.bit += 1
         return v
@@ -103,15 +103,15 @@ def _jxl_u32(bits: _LsbBits, dists) -> int:
     return offset + bits.read(nbits)
 
 
-def jpegxl_size(data: bytes) -> Tuple[int, int]:
+def jpegxl_size(data: bytes, what: str = "colour") -> Tuple[int, int]:
     """(width, height) from a bare JPEG XL codestream's SizeHeader.
 
     The project writes bare codestreams (0xFF 0x0A); the ISO BMFF container form is refused
-    rather than half-parsed.
+    rather than half-parsed. ``what`` names the section in errors (colour, depth).
     """
     if data[:2] != b"\xff\x0a":
-        raise CodecError("colour section is not a bare JPEG XL codestream")
-    bits = _LsbBits(data, 2)
+        raise CodecError(f"{what} section is not a bare JPEG XL codestream")
+    bits = _LsbBits(data, 2, what)
     dists = ((1, 9), (1, 13), (1, 18), (1, 30))
     if bits.read(1):   # small: multiples of 8 up to 256
         height = (bits.read(5) + 1) * 8

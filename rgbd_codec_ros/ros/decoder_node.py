@@ -12,13 +12,19 @@ is told the limit (``configure(max_pixels=...)``), so that it checks the
 payload's own size before decoding. The latest camera infos received ride
 along every decoded frame.
 
+Temporal colour (h264, hevc, av1): frames decode in order from a keyframe. A predicted frame
+whose reference this node does not hold (it joined late, a frame was lost or damaged, the
+encoder restarted) is not decoded and nothing is published until the next keyframe; the node
+asks for one on ``rgbd/keyframe_request`` (std_msgs/String, the reason), at most every
+``keyframe_request_period_s`` while it waits. Duplicates and late reordered copies are dropped.
+
 Link feedback (``feedback_period`` > 0): every period the node publishes
 ``rgbd/link_feedback`` (diagnostic_msgs/DiagnosticStatus, key/values) with what arrived over
-the link: kbit/s, frames, the running count of frames received, the newest stamp received
-(the message has no sequence number: the capture stamp is the frame's identity, and the
-encoder, which knows what it sent, turns counts and stamps into loss), latency from the stamps
-(receive time minus capture stamp: needs synchronized clocks across machines), and a loss
-estimate from gaps in the stamp sequence.
+the link: kbit/s, frames, the running count of frames received, the newest stamp and sequence
+number received (the encoder, which knows what it sent, turns counts and stamps into loss),
+latency from the stamps (receive time minus capture stamp: needs synchronized clocks across
+machines), and a loss estimate from gaps in the sequence numbers (from gaps in the stamps for
+format-1 senders, which have none).
 
 With ``publish_points`` the decoded pair also goes out as an organized XYZRGB
 ``decoded/points`` (sensor_msgs/PointCloud2, rgbd_codec_ros.ros.points) in the colour camera's
@@ -37,13 +43,14 @@ from rclpy.serialization import deserialize_message
 
 from rgbd_codec_ros import convert
 from rgbd_codec_ros.codec.base import (DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, LEARNED_DEFAULT_MAX_PIXELS, CodecError,
-                                       create_backend)
+                                       MissingReference, create_backend)
 from rgbd_codec_ros.ros import common, points
 from rgbd_codec_ros.ros.stats import StreamStats
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rgbd_codec_ros.msg import CompressedRGBD
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import String as KeyframeRequest
 
 NODE_NAME = "rgbd_decoder"
 
@@ -72,6 +79,9 @@ def parameter_specs() -> Dict[str, tuple]:
         "publish_points": (False, d("Also publish decoded/points: an organized XYZRGB sensor_msgs/PointCloud2 "
                                     "in the colour camera's frame, from the camera_info carried in the "
                                     "messages (live)")),
+        "keyframe_request_period_s": (0.2, d("While waiting for a keyframe (temporal colour), ask the encoder "
+                                             "for one on rgbd/keyframe_request at most this often (live)",
+                                             float_range=(0.01, 60.0))),
         "feedback_period": (0.5, d("Seconds between rgbd/link_feedback reports (received kbit/s, loss, "
                                    "latency, newest stamp) for the encoder's adapt_to_link; 0 = none",
                                    read_only=True, float_range=(0.0, 60.0))),
@@ -134,9 +144,16 @@ class DecoderNode(Node):
         self._outputs = (self._pub_color, self._pub_depth, self._pub_color_info, self._pub_depth_info,
                          self._pub_points)
         # link feedback: what arrived in the current period, and running totals
-        self._arrivals: deque = deque()   # (monotonic time, bytes, stamp ns, latency ms)
+        self._arrivals: deque = deque()   # (monotonic time, bytes, stamp ns, latency ms, sequence)
         self._frames_total = 0
         self._last_stamp_ns = 0
+        self._last_sequence: Optional[int] = None
+        # temporal colour: waiting for a keyframe, and the requests made for one
+        self._keyframe_pub = self.create_publisher(KeyframeRequest, "rgbd/keyframe_request", 10)
+        self._last_request: Optional[float] = None
+        self._keyframe_requests = 0
+        self._waiting_drops = 0     # predicted frames not decoded for want of their reference
+        self._duplicate_drops = 0   # duplicates and late reordered copies
         if p["feedback_period"] > 0:
             from diagnostic_msgs.msg import DiagnosticStatus as _Status
 
@@ -250,7 +267,12 @@ class DecoderNode(Node):
             self._backend(msg.codec)  # made on first use (importing torch may warn: not this message's)
             with native.capture():
                 color, depth = decode_to_images(msg, self._backends)
+        except MissingReference as exc:
+            self._missing_reference(msg, exc)
+            return
         except CodecError as exc:
+            if not getattr(msg, "keyframe", True):  # a damaged predicted frame: the chain is broken
+                self._request_keyframe(f"damaged frame {msg.sequence}")
             self._refuse(f"dropped a {msg.codec!r} message stamped {msg.header.stamp.sec}."
                          f"{msg.header.stamp.nanosec:09d}: {exc}" + self._native_note(native))
             return
@@ -277,6 +299,28 @@ class DecoderNode(Node):
             self._publish_points(msg, color, depth)
         for stats in self._all_stats():
             stats.add(len(color.data) + len(depth.data), len(msg.payload), latency)
+
+    # ---------------------------------------------------------------- temporal colour
+
+    def _missing_reference(self, msg: CompressedRGBD, exc: MissingReference) -> None:
+        """A predicted frame this node cannot decode: nothing is published for it."""
+        for stats in self._all_stats():
+            stats.dropped += 1
+        if exc.stale:
+            self._duplicate_drops += 1
+            self.get_logger().debug(f"dropped a duplicate or late frame: {exc}")
+            return
+        self._waiting_drops += 1
+        self.get_logger().info(f"waiting for a keyframe: {exc}", throttle_duration_sec=2.0)
+        self._request_keyframe(str(exc))
+
+    def _request_keyframe(self, reason: str) -> None:
+        now = time.monotonic()
+        if self._last_request is not None and now - self._last_request < self._params["keyframe_request_period_s"]:
+            return
+        self._last_request = now
+        self._keyframe_requests += 1
+        self._keyframe_pub.publish(KeyframeRequest(data=f"{self.get_fully_qualified_name()}: {reason}"[:300]))
 
     # ---------------------------------------------------------------- operator outputs
 
@@ -309,11 +353,14 @@ class DecoderNode(Node):
     def _note_arrival(self, size: int, msg: CompressedRGBD) -> None:
         stamp = common.stamp_ns(msg.header.stamp)
         latency_ms = (self.get_clock().now().nanoseconds - stamp) / 1e6
-        self._arrivals.append((time.monotonic(), int(size), stamp, latency_ms))
+        sequence = int(msg.sequence) if int(getattr(msg, "format_version", 0)) >= 2 else None
+        self._arrivals.append((time.monotonic(), int(size), stamp, latency_ms, sequence))
         while len(self._arrivals) > 10000:  # a flood between two reports
             self._arrivals.popleft()
         self._frames_total += 1
         self._last_stamp_ns = max(self._last_stamp_ns, stamp)
+        if sequence is not None:
+            self._last_sequence = sequence
 
     def feedback_values(self) -> Dict[str, Any]:
         """This period's report (and what it covers is forgotten)."""
@@ -322,8 +369,16 @@ class DecoderNode(Node):
         kbps = sum(i[1] for i in items) * 8 / 1000.0 / period
         lat = np.array([i[3] for i in items], dtype=np.float64)
         stamps = np.array(sorted(i[2] for i in items), dtype=np.int64)
+        sequences = [i[4] for i in items if i[4] is not None]
         loss_pct = 0.0
-        if stamps.size >= 3:
+        if len(sequences) >= 2 and len(sequences) == len(items):
+            # frames the sender numbered in this period's range that did not arrive (wrap-safe:
+            # offsets from the first one of the period)
+            offsets = sorted({(q - sequences[0]) & 0xFFFFFFFF for q in sequences if
+                              (q - sequences[0]) & 0xFFFFFFFF < (1 << 31)})
+            span = offsets[-1] + 1
+            loss_pct = 100.0 * (span - len(offsets)) / span
+        elif stamps.size >= 3:
             gaps = np.diff(stamps)
             gaps = gaps[gaps > 0]
             if gaps.size:
@@ -332,6 +387,7 @@ class DecoderNode(Node):
                 loss_pct = 100.0 * missing / (missing + stamps.size)
         return {"kbps": kbps, "frames": len(items), "frames_total": self._frames_total,
                 "last_stamp_ns": self._last_stamp_ns,
+                "last_sequence": "" if self._last_sequence is None else self._last_sequence,
                 "latency_ms_p50": float(np.median(lat)) if lat.size else "",
                 "latency_ms_max": float(lat.max()) if lat.size else "",
                 "loss_pct": loss_pct, "period_s": period}
@@ -369,8 +425,12 @@ class DecoderNode(Node):
         values = {"frames": self.stats.frames, "fps": w["fps"], "kbit_s_in": w["kbit_s"],
                   "compression_ratio": w["ratio"], "decode_latency_ms": w["latency_ms"],
                   "decode_latency_max_ms": 1000.0 * self.stats.latency_max_s,
-                  "refused": self.stats.errors, "skipped_no_subscriber": self.stats.dropped - self._stale_drops,
+                  "refused": self.stats.errors,
+                  "skipped_no_subscriber": (self.stats.dropped - self._stale_drops - self._waiting_drops
+                                            - self._duplicate_drops),
                   "stale_drops": self._stale_drops, "max_pixels": self._params["max_pixels"],
+                  "waiting_for_keyframe_drops": self._waiting_drops, "duplicate_drops": self._duplicate_drops,
+                  "keyframe_requests": self._keyframe_requests,
                   "codecs": ",".join(sorted(self._backends))}
         self._diag_pub.publish(common.diagnostic_array(self, level, text, values, "decoder"))
 

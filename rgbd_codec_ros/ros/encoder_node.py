@@ -23,6 +23,16 @@ fractional quality) are chosen so that no 1 s window of rgbd/compressed carries 
 target; a frame that comes out too big is re-coded smaller or skipped. While it is on, only
 the newest pair is coded: pairs that arrive while one is being coded replace each other. With
 ``adapt_to_link`` the target in force follows rgbd/link_feedback from the decoder.
+
+Temporal colour (``codec_options`` ``color_codec=h264|hevc|av1``): a keyframe every
+``keyframe_interval`` frames, and on request: any message on ``rgbd/keyframe_request``
+(std_msgs/String, the reason; decoders send it when they join late or see a gap) makes the
+next frame a keyframe, at most one per ``keyframe_request_min_interval_s`` (a request inside
+that time is served when it ends, not dropped). Under rate control the video encoder keeps its
+share of the budget itself (its rate control, VBV <= 0.5 s): the controller chooses depth only,
+and never skips or re-codes a frame after the video encoder has coded it (that would break the
+reference chain). Every message carries ``sequence`` (the count of frames published) and
+``keyframe``.
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ from rclpy.serialization import serialize_message
 
 from rgbd_codec_ros import convert, ratecontrol
 from rgbd_codec_ros.codec.base import CodecError
+from rgbd_codec_ros.codec.classical import DEFAULTS as CLASSICAL_DEFAULTS, LOSSLESS_DEPTH_CODECS
 from rgbd_codec_ros.ros import codec_switch, common
 from rgbd_codec_ros.ros.options import parse_codec_options
 from rgbd_codec_ros.ros.stats import StreamStats
@@ -44,13 +55,27 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from diagnostic_msgs.msg import DiagnosticStatus as LinkFeedback
 from rgbd_codec_ros.msg import CompressedRGBD
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String as KeyframeRequest
 
 NODE_NAME = "rgbd_encoder"
 #: the smallest non-zero target_kbps taken before any frame has shown what a frame costs
 MIN_TARGET_KBPS = 10.0
 #: options the rate controller sets per frame (restored from codec_options when it stops)
-RATE_OPTIONS = {"classical": ("color_quality", "depth_codec", "depth_max_error_mm", "depth_rel_error"),
+RATE_OPTIONS = {"classical": ("color_quality", "depth_codec", "depth_max_error_mm", "depth_rel_error",
+                              "color_bitrate_kbps"),
                 "learned": ("quality",)}
+#: share of the colour budget handed to a video encoder's own rate control (its VBV lets a
+#: keyframe overshoot a little; the message fields and camera infos ride outside it)
+VIDEO_RATE_SHARE = 0.9
+#: codec options the node's own parameters own
+NODE_OWNED_OPTIONS = {"keyframe_interval": "keyframe_interval"}
+
+
+def lossless_depth_codec(options: Dict[str, Any]) -> str:
+    """The richest rung of the classical depth ladder: the lossless depth codec the codec_options
+    name, else the classical default."""
+    codec = options.get("depth_codec")
+    return codec if codec in LOSSLESS_DEPTH_CODECS else CLASSICAL_DEFAULTS["depth_codec"]
 
 
 def parameter_specs() -> Dict[str, tuple]:
@@ -72,6 +97,12 @@ def parameter_specs() -> Dict[str, tuple]:
         "depth_share": (0.35, d("Share of each frame's budget for depth under rate control (classical; "
                                 "what one stream leaves unused goes to the other) (live)",
                                 float_range=(0.0, 1.0))),
+        "keyframe_interval": (30, d("Temporal colour codecs (codec_options color_codec=h264, hevc, av1): a "
+                                    "keyframe every this many frames; 0 = only the first and on request (live)",
+                                    int_range=(0, 100000))),
+        "keyframe_request_min_interval_s": (0.2, d("Least time between two keyframes made on request "
+                                                   "(rgbd/keyframe_request); a request inside it is served when "
+                                                   "it ends (live)", float_range=(0.0, 60.0))),
         "adapt_to_link": (False, d("Lower the target in force when rgbd/link_feedback shows loss or rising "
                                    "latency, probe back up to target_kbps when the link clears (live)")),
         "depth_scale_per_m": (1000.0, d("Units per metre of 16UC1 input depth (1000 = mm as in REP 118; "
@@ -112,8 +143,9 @@ class EncoderNode(Node):
                 raise common.StartupError(reason)
         self._params = p
         try:
-            options = codec_switch.check_codec_options(p["codec"], parse_codec_options(p["codec_options"]))
+            options = self._check_options(p["codec"], p["codec_options"])
             self._backend = codec_switch.build_backend(p["codec"], options)
+            self._apply_keyframe_interval(self._backend)
         except Exception as exc:
             raise common.StartupError(f"cannot start codec {p['codec']!r}: {exc}") from exc
         codec_switch.apply_node_options(p["codec"], options)
@@ -142,6 +174,16 @@ class EncoderNode(Node):
         self._encode_due = self.create_guard_condition(self._on_encode_due)
         self._img_subs: List[Any] = []
         self._feedback_sub = self.create_subscription(LinkFeedback, "rgbd/link_feedback", self._on_feedback, 10)
+        # keyframes on request, and the message sequence
+        self._sequence = 0
+        self._keyframe_wanted_since: Optional[float] = None   # monotonic time of the oldest open request
+        self._last_requested_keyframe: Optional[float] = None
+        self._keyframe_requests = 0
+        self._keyframes = 0
+        self._over_budget = 0
+        self._colour_window = ratecontrol.SlidingWindow(1.0)   # video colour bits sent, last second
+        self._keyframe_sub = self.create_subscription(KeyframeRequest, "rgbd/keyframe_request",
+                                                      self._on_keyframe_request, 10)
         self._pairer = StampPairer(slop_s=p["slop"], queue_size=p["queue_size"], exact=p["exact_time"])
         self.stats = StreamStats()
         self._last_error: Optional[str] = None
@@ -215,6 +257,11 @@ class EncoderNode(Node):
             reason = self._check_target(changes["target_kbps"])
             if reason is not None:
                 return common.result(reason)
+        if "keyframe_interval" in changes:
+            try:
+                self._apply_keyframe_interval(self._backend, changes["keyframe_interval"])
+            except CodecError as exc:
+                return common.result(f"keyframe_interval refused: {exc}")
         if "codec" in changes or "codec_options" in changes:
             reason = self._change_codec(changes.get("codec", self._params["codec"]),
                                         changes.get("codec_options", self._params["codec_options"]))
@@ -232,7 +279,48 @@ class EncoderNode(Node):
             self._retarget()
         if self._rc is not None and "depth_share" in changes:
             self._rc.depth_share = changes["depth_share"]
+            self._set_rate_target()
         return common.result(None)
+
+    def _check_options(self, codec: str, text: str) -> Dict[str, Any]:
+        options = codec_switch.check_codec_options(codec, parse_codec_options(text))
+        for key, param in NODE_OWNED_OPTIONS.items():
+            if key in options:
+                raise CodecError(f"{key} is the node parameter {param!r}, not a codec option")
+        return options
+
+    def _apply_keyframe_interval(self, backend, value: Optional[int] = None) -> None:
+        if backend.name == "classical":
+            backend.configure(keyframe_interval=self._params["keyframe_interval"] if value is None else value)
+
+    # ---------------------------------------------------------------- keyframes on request
+
+    def _on_keyframe_request(self, msg) -> None:
+        """Any message asks for a keyframe (its text is the reason, for the log)."""
+        self._keyframe_requests += 1
+        if self._keyframe_wanted_since is None:
+            self._keyframe_wanted_since = time.monotonic()
+        reason = str(getattr(msg, "data", ""))[:200]
+        self.get_logger().info(f"keyframe requested ({reason or 'no reason given'})", throttle_duration_sec=2.0)
+
+    def _keyframe_due(self) -> bool:
+        """Whether an open request may be served by the next frame (rate-limited)."""
+        if self._keyframe_wanted_since is None or not self._backend.temporal:
+            return False
+        last = self._last_requested_keyframe
+        return last is None or time.monotonic() - last >= self._params["keyframe_request_min_interval_s"]
+
+    def _prepare_frame(self) -> None:
+        if self._keyframe_due():
+            self._backend.request_keyframe()
+            self._last_requested_keyframe = time.monotonic()
+
+    def _published(self, encoded) -> None:
+        """Book-keeping after a message went out: sequence, and keyframes answering requests."""
+        self._sequence = (self._sequence + 1) & 0xFFFFFFFF
+        if encoded.keyframe:
+            self._keyframes += 1
+            self._keyframe_wanted_since = None  # every open request is answered by this keyframe
 
     # ---------------------------------------------------------------- rate control
 
@@ -261,8 +349,31 @@ class EncoderNode(Node):
         codec, options, _ = self._active
         return (codec, options.get("color_codec"), options.get("depth_codec"), options.get("weights"))
 
+    def _set_rate_target(self) -> None:
+        """Tell the controller (and a video encoder) the target in force."""
+        if self._rc is None:
+            return
+        target = self._target_in_force()
+        if self._video_colour():
+            # colour gets its share; depth gets at least its own, and whatever colour left unused
+            # over the last second (a static scene costs the video encoder little)
+            share = self._params["depth_share"]
+            colour_kbps = self._colour_window.bits(time.monotonic()) / 1000.0
+            self._rc.set_target(max(target * share, target - colour_kbps))
+            self._backend.configure(color_bitrate_kbps=max(10.0, target * (1 - share) * VIDEO_RATE_SHARE))
+        else:
+            self._rc.set_target(target)
+
+    def _video_colour(self) -> bool:
+        return self._backend.name == "classical" and self._backend.temporal
+
     def _new_controller(self, target: float) -> ratecontrol.RateController:
         codec, options, _ = self._active
+        if codec == "classical" and self._video_colour():
+            # the video encoder keeps its own share (its rate control): the controller sees depth only
+            lossless = lossless_depth_codec(options)
+            return ratecontrol.RateController(target * self._params["depth_share"],
+                                              [ratecontrol.classical_depth_ladder(lossless)])
         if codec == "learned":
             rungs, prior = ratecontrol.learned_ladder()
             if self._backend.name == "learned":  # the qualities this model takes
@@ -276,7 +387,7 @@ class EncoderNode(Node):
                 rungs, prior = [rungs[i] for i in ok] or rungs, [prior[i] for i in ok] or prior
             streams = [(rungs, prior)]
         else:
-            lossless = options.get("depth_codec") if options.get("depth_codec") in ("rvl", "png") else "rvl"
+            lossless = lossless_depth_codec(options)
             streams = [ratecontrol.classical_color_ladder(), ratecontrol.classical_depth_ladder(lossless)]
         return ratecontrol.RateController(target, streams, depth_share=self._params["depth_share"])
 
@@ -300,8 +411,7 @@ class EncoderNode(Node):
             self._adapter = ratecontrol.LinkAdapter(target, min_kbps=floor)
         else:
             self._adapter.set_limits(target, floor)
-        if self._rc is not None:
-            self._rc.set_target(self._target_in_force())
+        self._set_rate_target()
 
     def _rate_off(self) -> None:
         """target_kbps back to 0: the options of codec_options are in force again."""
@@ -342,8 +452,7 @@ class EncoderNode(Node):
                     loss = 1.0
         before = self._adapter.kbps
         self._adapter.update(time.monotonic(), report, loss)
-        if self._rc is not None:
-            self._rc.set_target(self._target_in_force())
+        self._set_rate_target()
         if abs(self._adapter.kbps - before) > 0.2 * before:
             self.get_logger().info(f"link {self._adapter.state}: target in force {self._adapter.kbps:.0f} kbit/s "
                                    f"(loss {loss if loss is not None else float('nan'):.2f}, queuing delay "
@@ -355,7 +464,7 @@ class EncoderNode(Node):
         Options left out of the string keep their values while the codec stays the same.
         """
         try:
-            options = codec_switch.check_codec_options(codec, parse_codec_options(text))
+            options = self._check_options(codec, text)
         except CodecError as exc:
             return str(exc)
         base_codec, base_options, _ = self._target
@@ -394,6 +503,10 @@ class EncoderNode(Node):
 
     def _go_live(self, backend, codec: str, options: Dict[str, Any], text: str) -> None:
         """Put a backend in force (between two frames: this runs in the executor thread)."""
+        try:
+            self._apply_keyframe_interval(backend)
+        except CodecError as exc:
+            self.get_logger().warning(f"keyframe_interval not applied: {exc}")
         old, self._backend = self._backend, backend
         self._active = self._target = (codec, options, text)
         codec_switch.apply_node_options(codec, options)
@@ -504,11 +617,14 @@ class EncoderNode(Node):
             depth_arr = convert.image_to_array(depth_msg)
             frame = convert.images_to_frame(color_arr, color_msg.encoding, depth_arr, depth_msg.encoding,
                                             self._params["depth_scale_per_m"])
+            frame.stamp_s = common.stamp_ns(color_msg.header.stamp) / 1e9
+            self._prepare_frame()
             if self._rate_on():
                 self._encode_to_budget(frame, color_msg, depth_msg, start)
                 return
             encoded = self._backend.encode(frame)
-            fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding)
+            fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding,
+                                               sequence=self._sequence)
         except CodecError as exc:
             self._refuse(f"pair at {color_msg.header.stamp.sec}.{color_msg.header.stamp.nanosec:09d} "
                          f"dropped: {exc}")
@@ -522,6 +638,7 @@ class EncoderNode(Node):
         out.color_camera_info = [color_info] if color_info is not None else []
         out.depth_camera_info = [depth_info] if depth_info is not None else []
         self._pub.publish(out)
+        self._published(encoded)
         latency = time.perf_counter() - start
         raw = len(color_msg.data) + len(depth_msg.data)
         for stats in self._all_stats():
@@ -534,7 +651,10 @@ class EncoderNode(Node):
         self._last_pixels = pixels
         plan = rc.plan(time.monotonic(), pixels)
         color_info, depth_info = self._infos_to_send()
-        slow = self._backend.name != "classical"  # re-coding a learned frame costs as much as the next frame
+        # re-coding a learned frame costs as much as the next frame; a video frame cannot be taken
+        # back once its encoder has coded it (the next frame refers to it)
+        slow = self._backend.name != "classical"
+        video = self._video_colour()
         while True:
             if plan is None:
                 self._rate_skips += 1
@@ -543,7 +663,8 @@ class EncoderNode(Node):
                 return
             self._backend.configure(**plan.options)
             encoded = self._backend.encode(frame)
-            fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding)
+            fields = convert.compressed_fields(encoded, frame, color_msg.encoding, depth_msg.encoding,
+                                               sequence=self._sequence)
             out = CompressedRGBD()
             convert.fill_compressed(out, fields, header=color_msg.header, depth_header=depth_msg.header)
             out.color_camera_info = [color_info] if color_info is not None else []
@@ -556,13 +677,20 @@ class EncoderNode(Node):
             now = time.monotonic()
             if rc.fits(now, bits):
                 break
+            if video:  # sent anyway (see above); counted, and the encoder's VBV catches up
+                self._over_budget += 1
+                break
             if slow:
                 plan = None
                 continue
             self._recoded += 1
             plan = rc.smaller(plan, bits, now)
         self._pub.publish(data)
+        self._published(encoded)
         rc.sent(now, bits, plan)
+        if video:
+            self._colour_window.add(now, 8.0 * (encoded.bytes_rgb or 0))
+            self._set_rate_target()
         self._sent_log.add(common.stamp_ns(color_msg.header.stamp))
         latency = time.perf_counter() - start
         raw = len(color_msg.data) + len(depth_msg.data)
@@ -611,7 +739,9 @@ class EncoderNode(Node):
                   "target_kbps": self._params["target_kbps"],
                   "target_in_force_kbps": self._target_in_force() if self._rate_on() else 0.0,
                   "rate_skips": self._rate_skips, "recoded": self._recoded, "superseded": self._superseded,
-                  "feedback_refused": self._feedback_refused}
+                  "feedback_refused": self._feedback_refused, "sequence": self._sequence,
+                  "keyframes": self._keyframes, "keyframe_requests": self._keyframe_requests,
+                  "over_budget": self._over_budget}
         if self._adapter is not None and self._params["adapt_to_link"]:
             values["link_state"] = self._adapter.state
             values["link_loss"] = -1.0 if self._adapter.last_loss is None else self._adapter.last_loss

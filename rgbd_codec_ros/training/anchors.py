@@ -74,18 +74,20 @@ def _jxl16_lossless_enc(d, _q):
     return _ic().jpegxl_encode(d, lossless=True, effort=7, numthreads=1)
 
 
-def _jxl16_lossy_enc(d, q):
+def jxl16_lossy_encode(d: np.ndarray, distance: float, effort: int = 7) -> bytes:
+    """Lossy 16-bit JPEG XL of the depth values, holes filled, + the losslessly coded hole mask
+    (the ``jpegxl16-lossy`` anchor; benchmarks/bench_lossy_depth.py sweeps its effort too)."""
     valid = d != 0
     filled = np.clip(np.round(fill_holes(d.astype(np.float32), valid)), 1, 65535).astype(np.uint16) \
         if valid.any() else np.zeros_like(d)
-    body = _ic().jpegxl_encode(filled, distance=float(q), effort=7, numthreads=1)
+    body = _ic().jpegxl_encode(filled, distance=float(distance), effort=effort, numthreads=1)
     mask = encode_mask(valid)
     h, w = d.shape
     return (h.to_bytes(4, "little") + w.to_bytes(4, "little") + len(mask).to_bytes(4, "little")
             + mask + body)
 
 
-def _jxl16_lossy_dec(data: bytes) -> np.ndarray:
+def jxl16_lossy_decode(data: bytes) -> np.ndarray:
     h, w, n = (int.from_bytes(data[i:i + 4], "little") for i in (0, 4, 8))
     valid = decode_mask(data[12:12 + n], h, w)
     d = np.asarray(_ic().jpegxl_decode(data[12 + n:]))
@@ -98,8 +100,8 @@ def _jxl16_lossy_dec(data: bytes) -> np.ndarray:
 DEPTH_CODECS: Dict[str, _Codec] = {
     "png16": _Codec("png16", (None,), _png16_enc, lambda b: _ic().png_decode(b)),
     "jpegxl16": _Codec("jpegxl16", (None,), _jxl16_lossless_enc, lambda b: _ic().jpegxl_decode(b)),
-    "jpegxl16-lossy": _Codec("jpegxl16-lossy", (12.0, 6.0, 3.0, 1.5, 0.6, 0.25), _jxl16_lossy_enc,
-                             _jxl16_lossy_dec),
+    "jpegxl16-lossy": _Codec("jpegxl16-lossy", (12.0, 6.0, 3.0, 1.5, 0.6, 0.25), jxl16_lossy_encode,
+                             jxl16_lossy_decode),
 }
 
 
