@@ -343,9 +343,36 @@ def summarise(source: str, rate: int, codec: str, quality: int, recs: List[Dict[
                 pred_kbit=8e-3 * statistics.fmean(preds) if preds else None)
 
 
-def colour_study(clips: Sequence[Clip], qualities: Dict[str, Sequence[int]], log: Callable[[str], None]
-                 ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+class Cache:
+    """Measurements already made, in a JSON file (``--cache FILE``), so that a run that was
+    stopped resumes where it stopped. Keys name what was measured, on how many frames of
+    which size; delete the file to measure again."""
+
+    def __init__(self, path: Optional[Path]):
+        self.path = path
+        self.data: Dict[str, Any] = json.loads(path.read_text()) if path and path.is_file() else {}
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        if self.path is None:
+            return
+        self.data[key] = value
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data))
+        tmp.replace(self.path)
+
+
+def _clips_key(cl: Sequence[Clip]) -> str:
+    h, w = cl[0].colors[0].shape[:2]
+    return f"{'+'.join(str(len(c)) for c in cl)}@{w}x{h}"
+
+
+def colour_study(clips: Sequence[Clip], qualities: Dict[str, Sequence[int]], log: Callable[[str], None],
+                 cache: Optional[Cache] = None) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(per-frame records, summaries per source / rate / codec / quality)."""
+    cache = cache or Cache(None)
     msssim = MsSsim()
     records: List[Dict[str, Any]] = []
     by_source: Dict[str, List[Clip]] = {}
@@ -356,8 +383,11 @@ def colour_study(clips: Sequence[Clip], qualities: Dict[str, Sequence[int]], log
         for codec in INTRA_CODECS + TEMPORAL_CODECS:
             for q in qualities[codec]:
                 t0 = time.time()
-                per_rate: Dict[int, List[Dict[str, Any]]] = {}
-                for clip in cl:
+                key = f"color|{source}|{_clips_key(cl)}|{codec}|{q}"
+                cached = cache.get(key)
+                per_rate: Dict[int, List[Dict[str, Any]]] = (
+                    {int(r): v for r, v in cached.items()} if cached else {})
+                for clip in ([] if cached else cl):
                     if codec in INTRA_CODECS:
                         recs = run_intra(clip, codec, q, msssim)
                         for rate, step in RATES:  # the same frames' intra results
@@ -367,6 +397,8 @@ def colour_study(clips: Sequence[Clip], qualities: Dict[str, Sequence[int]], log
                         for rate, step in RATES:
                             recs = run_video(clip, codec, q, step, msssim)
                             per_rate.setdefault(rate, []).extend(dict(r, clip=clip.name, rate_hz=rate) for r in recs)
+                if not cached:
+                    cache.put(key, per_rate)
                 for rate, recs in per_rate.items():
                     for r in recs:
                         records.append(dict(source=source, codec=codec, quality=q, **r))
@@ -791,8 +823,10 @@ def bound_label(bound: Optional[Tuple[float, float]]) -> str:
     return "lossless" if bound is None else f"{bound[0]:g}mm+{100 * bound[1]:g}%"
 
 
-def depth_study(clips: Sequence[Clip], with_b: bool, log: Callable[[str], None]) -> List[Dict[str, Any]]:
+def depth_study(clips: Sequence[Clip], with_b: bool, log: Callable[[str], None],
+                cache: Optional[Cache] = None) -> List[Dict[str, Any]]:
     """Rows per source, rate, bound and method, pooled over the source's clips."""
+    cache = cache or Cache(None)
     rows = []
     by_source: Dict[str, List[Clip]] = {}
     for c in clips:
@@ -801,6 +835,10 @@ def depth_study(clips: Sequence[Clip], with_b: bool, log: Callable[[str], None])
         for rate, step in RATES:
             for bound in (None, *DEPTH_BOUNDS):
                 t0 = time.time()
+                key = f"depth|{source}|{_clips_key(cl)}|{rate}|{bound_label(bound)}|{with_b}"
+                if cache.get(key):
+                    rows += cache.get(key)
+                    continue
                 pooled: Dict[str, Dict[str, Any]] = {}
                 for clip in cl:
                     for r in depth_clip_study(clip, step, bound, with_b and step == 1):
@@ -825,6 +863,7 @@ def depth_study(clips: Sequence[Clip], with_b: bool, log: Callable[[str], None])
                                      reusable_percent=100 * statistics.fmean(p["static"]) if p["static"] else None,
                                      enc_ms=statistics.median(p["enc_ms"]), dec_ms=statistics.median(p["dec_ms"])))
                 got = {r["method"]: r for r in rows[-len(pooled):]}
+                cache.put(key, rows[-len(pooled):])
                 log(f"  {SHORT[source]:>9} {rate:>2} Hz {bound_label(bound):>12}: " + ", ".join(
                     f"{n} {got[n]['bpp']:.3f}" for n in got) + f" bpp ({time.time() - t0:.0f} s)")
     return rows
@@ -1051,6 +1090,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-hevc-depth", action="store_true", help="skip depth candidate B (slow)")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where the CSV / PNG / JSON go")
     p.add_argument("--json", type=Path, default=None, help="JSON output (default OUT_DIR/temporal.json)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep measurements in this JSON file and reuse them (resumes a stopped run)")
     args = p.parse_args(argv)
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
@@ -1068,6 +1109,7 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    cache = Cache(args.cache)
     load0 = os.getloadavg()
     t_start = time.time()
     clips = load_clips(args.data, sources, args.frames, size)
@@ -1087,7 +1129,7 @@ def main(argv=None) -> int:
 
     if not args.no_color:
         log("colour:")
-        records, summaries = colour_study(clips, qualities, log)
+        records, summaries = colour_study(clips, qualities, log, cache)
         bd = bd_rows(summaries)
         delay = delay_study([c for c in clips if c.source == clips[0].source][0].colors[:40])
         sh, srows, sdata = speed_table(records)
@@ -1119,7 +1161,7 @@ def main(argv=None) -> int:
                        d["max_decoder_lag_frames"], d["decoder_flush_frames"]] for d in delay]))
     if args.depth:
         log("\ndepth:")
-        drows = depth_study(clips, not args.no_hevc_depth, log)
+        drows = depth_study(clips, not args.no_hevc_depth, log, cache)
         verdict = depth_verdict(drows)
         result.update(depth=drows, depth_verdict=verdict, depth_win_needed_percent=100 * DEPTH_WIN)
         write_csv(args.out_dir / "temporal_depth.csv", drows)

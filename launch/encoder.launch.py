@@ -11,6 +11,12 @@ for a RealSense use the aligned_depth_to_color topics.
 
 Rate control: ``target_kbps:=1000`` (kbit/s; 0 = off) and ``adapt_to_link:=true`` override
 the YAML file's values when given (docs/ratecontrol.md).
+
+The most used typed backend options likewise (docs/ros.md, "Backend options"):
+``color_quality:=75`` (classical.color_quality, 1..100), ``depth_codec:=rvl_lossy``
+(classical.depth_codec), ``learned_quality:=1.5`` (learned.quality, -1..3) and
+``learned_weights:=/path/to/weights.pt`` (learned.weights). An entry of the YAML file's
+``codec_options`` still wins over them at start.
 """
 import os
 
@@ -41,12 +47,29 @@ def generate_launch_description():
                               description="bit-rate budget in kbit/s (0 = off); empty = the YAML file's"),
         DeclareLaunchArgument("adapt_to_link", default_value="",
                               description="true/false: follow rgbd/link_feedback; empty = the YAML file's"),
+        DeclareLaunchArgument("color_quality", default_value="",
+                              description="classical.color_quality, 1..100; empty = the YAML file's"),
+        DeclareLaunchArgument("depth_codec", default_value="",
+                              description="classical.depth_codec: jpegxl, rvl, png, rvl_lossy; empty = the YAML file's"),
+        DeclareLaunchArgument("learned_quality", default_value="",
+                              description="learned.quality, -1..3; empty = the YAML file's"),
+        DeclareLaunchArgument("learned_weights", default_value="",
+                              description="learned.weights (a weights file); empty = the YAML file's"),
         OpaqueFunction(function=_encoder_node),
     ])
 
 
+#: launch argument -> (typed parameter, type): given ones override the YAML file
+TYPED_ARGUMENTS = {
+    "color_quality": ("classical.color_quality", int),
+    "depth_codec": ("classical.depth_codec", str),
+    "learned_quality": ("learned.quality", float),
+    "learned_weights": ("learned.weights", str),
+}
+
+
 def _encoder_node(context):
-    """The node, with the rate-control launch arguments that were given as overrides."""
+    """The node, with the rate-control and backend-option launch arguments that were given as overrides."""
     arg = LaunchConfiguration
     overrides = {}
     target = arg("target_kbps").perform(context).strip()
@@ -55,6 +78,10 @@ def _encoder_node(context):
     adapt = arg("adapt_to_link").perform(context).strip().lower()
     if adapt:
         overrides["adapt_to_link"] = adapt in ("true", "1", "yes")
+    for name, (param, kind) in TYPED_ARGUMENTS.items():
+        value = arg(name).perform(context).strip()
+        if value:
+            overrides[param] = kind(value)
     return [
         Node(
             package="rgbd_codec_ros",

@@ -72,19 +72,12 @@ def rosbags_types():
 
 
 def load_real_pairs(source: str, count: int, step: int = 1):
-    """``count`` (colour RGB uint8, depth uint16) pairs of one source folder of the shared data."""
-    from PIL import Image
+    """``count`` (colour RGB uint8, depth uint16) pairs of one source folder of the shared data, every
+    ``step``-th in colour file-name order, read by the project's dataset-folder reader."""
+    from rgbd_codec_ros.dataset_folder import list_pairs, read_pair
 
-    folder = DATA_DIR / source
-    names = sorted(p.name for p in (folder / "color").iterdir())[::step][:count]
-    pairs = []
-    for name in names:
-        with Image.open(folder / "color" / name) as im:
-            color = np.asarray(im.convert("RGB"))
-        with Image.open(folder / "depth" / (name.rsplit(".", 1)[0] + ".png")) as im:
-            depth = np.asarray(im).astype(np.uint16)
-        pairs.append((color, depth))
-    return pairs
+    pairs = sorted(list_pairs(DATA_DIR / source), key=lambda p: p.color.name)[::step][:count]
+    return [read_pair(p) for p in pairs]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 #: a tiny model trained for a few minutes on the shared data (test/data/README.md says how)
@@ -12,14 +11,12 @@ TRAINED_TINY = HERE / "data" / "tiny_trained.pt"
 
 
 def load_pair(data_dir, source: str, index: int):
-    """(colour uint8 HxWx3, depth uint16, depth units per metre) of one real pair."""
-    import json
+    """(colour uint8 HxWx3, depth uint16, depth units per metre) of one real pair: the ``index``-th in
+    colour file-name order (the frames these tests were written against; index.csv may order
+    differently), read by the project's dataset-folder reader."""
+    from rgbd_codec_ros.dataset_folder import DatasetFolder, read_pair
 
-    import imagecodecs
-    folder = Path(data_dir) / source
-    colors = sorted((folder / "color").iterdir())
-    depths = sorted((folder / "depth").iterdir())
-    color = np.asarray(imagecodecs.imread(str(colors[index])))[..., :3]
-    depth = np.asarray(imagecodecs.imread(str(depths[index])))
-    scale = float(json.loads((folder / "meta.json").read_text())["depth_scale_per_m"])
-    return np.ascontiguousarray(color), depth, scale
+    folder = DatasetFolder(Path(data_dir) / source)
+    pair = sorted(folder.pairs, key=lambda p: p.color.name)[index]
+    color, depth = read_pair(pair)
+    return color, depth, folder.depth_scale_per_m

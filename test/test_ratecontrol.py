@@ -224,3 +224,71 @@ def test_adapter_survives_missing_late_and_nonsense_feedback():
         adapter.update(1.0 + 0.5 * k, {"frames_total": 0.0, "last_stamp_ns": 0.0,
                                        "latency_ms_p50": -50000.0 if k == 3 else 60.0}, None)
     assert adapter.kbps == pytest.approx(1000.0)
+
+
+def test_depth_only_controller_beside_a_video_colour_stream():
+    """The encoder's glue for video colour: the video encoder keeps colour at its own rate, a
+    controller with the depth ladder only gets what colour leaves of the target. Only depth
+    teaches its model and only depth fills its window, so frames are not skipped for colour's
+    bits and the whole message stays within the target."""
+    target, colour_kbps = 1000.0, 360.0
+    d_rungs, d_prior = rc.classical_depth_ladder()
+    codec = FakeCodec(d_prior, d_prior)
+    ctl = rc.RateController(target * 0.6, [(d_rungs, d_prior)])
+    assert ctl.depth_only
+    colour_window, sent, skipped = rc.SlidingWindow(1.0), [], 0
+    for k in range(200):
+        t = k / 10.0
+        ctl.set_target(max(0.6 * target, target - colour_window.bits(t) / 1000.0))
+        plan = ctl.plan(t, PIXELS)
+        if plan is None:
+            skipped += 1
+            continue
+        colour = colour_kbps * 100.0 * (3.0 if k % 30 == 0 else 1.0)  # a keyframe every 30
+        _, depth = codec.code((0, plan.rungs[0]))
+        bits = colour + depth + 1500
+        ctl.observe(plan, [colour, depth], bits)
+        ctl.sent(t, bits, plan)
+        colour_window.add(t, colour)
+        sent.append((t, bits))
+    assert skipped <= 2
+    r = ctl.last_rungs[0]
+    assert ctl.models[0].predict(r, PIXELS) == pytest.approx(math.exp(d_prior[r]) * PIXELS, rel=0.25)
+    w = _windows(sent, 3.0, 20.0)
+    assert max(w) <= 1.1 * target and np.mean(w) >= 0.8 * target
+
+
+def _adapter_reports(adapter, log, lost, sender_delay_ms=0.0, latency_ms=lambda k: 60.0, n=40):
+    """Reports every 0.5 s of 5 frames at 10 Hz; ``lost``: indices of frames that did not arrive.
+    Returns the lowest target in force."""
+    total, lowest = 0, adapter.kbps
+    for k in range(n):
+        stamps = [int((k * 0.5 + i * 0.1) * 1e9) for i in range(5)]
+        for j, s in enumerate(stamps):
+            log.add(s, sent_ns=s + int(sender_delay_ms(5 * k + j) * 1e6) if callable(sender_delay_ms)
+                    else s + int(sender_delay_ms * 1e6))
+            total += (5 * k + j) not in lost
+        report = {"kbps": 900.0, "frames": 5.0, "frames_total": float(total), "last_stamp_ns": stamps[-1],
+                  "latency_ms_p50": latency_ms(k)}
+        lowest = min(lowest, adapter.update(k * 0.5, report, adapter.loss_from(report, log)))
+    return lowest
+
+
+def test_one_random_loss_is_not_congestion_two_in_a_row_are():
+    assert _adapter_reports(rc.LinkAdapter(1000.0), rc.SentLog(), lost={57}) == pytest.approx(1000.0)
+    assert _adapter_reports(rc.LinkAdapter(1000.0), rc.SentLog(), lost={150, 152}) < 1000.0
+    assert _adapter_reports(rc.LinkAdapter(1000.0), rc.SentLog(), lost=set(range(100, 110))) < 900.0
+
+
+def test_time_in_the_encoder_is_not_taken_for_a_link_queue():
+    # from report 10 on the frames arrive 300 ms later than before
+    late = lambda k: 60.0 + (300.0 if k >= 10 else 0.0)  # noqa: E731
+    # ... because the encoder sent them 300 ms after their capture (CPU load): no overuse
+    cpu = lambda f: 300.0 if f >= 50 else 0.0  # noqa: E731
+    assert _adapter_reports(rc.LinkAdapter(1000.0), rc.SentLog(), set(), cpu, late) == pytest.approx(1000.0)
+    # ... because they waited 300 ms in the link: overuse
+    assert _adapter_reports(rc.LinkAdapter(1000.0), rc.SentLog(), set(), 0.0, late) < 900.0
+    # stamps not on the wall clock (sim time, synthetic): the sender delay is not used
+    log = rc.SentLog()
+    log.add(5_000_000_000)
+    assert log.sender_delay_ms(0, 10_000_000_000) is None

@@ -44,6 +44,7 @@ def test_demo_prints_live_figures_and_stops_by_itself(tmp_path):
 def test_demo_refuses_bad_arguments():
     for args, needle in ((["--source", "/no/such/folder"], "no such folder"),
                          (["--codec-options", "quality"], "not of the form name=value"),
-                         (["--rate", "0"], "--rate must be in")):
+                         (["--rate", "0"], "--rate must be in"),
+                         (["--depth-share", "1.5"], "--depth-share must be in")):
         done = run_demo(*args, timeout=120)
         assert done.returncode == 2 and needle in done.stderr, (args, done.stderr)

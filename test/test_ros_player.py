@@ -11,6 +11,7 @@ import pytest
 
 from conftest import reliable_qos, unique_namespace
 from rgbd_codec_ros.codec.base import CodecError
+from rgbd_codec_ros.dataset_folder import DatasetError
 from rgbd_codec_ros.ros.sources import FolderSource, open_source
 from rgbd_codec_ros.synthetic import SyntheticSequence
 
@@ -56,8 +57,11 @@ def test_folder_source(data_dir, tmp_path):
     assert len(src) == 33 and src.depth_scale_per_m == 10000.0  # from its meta.json
     color, depth = src.frame(2)
     assert color.shape == (480, 640, 3) and depth.dtype == np.uint16 and (depth == 0).any()
-    assert open_source(str(data_dir / "7scenes_kinect1")).depth_scale_per_m == 1000.0
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    assert src.intrinsics is None                                 # its meta.json states none
+    kinect = open_source(str(data_dir / "7scenes_kinect1"))
+    assert kinect.depth_scale_per_m == 1000.0
+    assert (kinect.intrinsics.width, kinect.intrinsics.height, kinect.intrinsics.fx) == (640, 480, 585.0)
+    with pytest.raises(DatasetError, match="does not exist"):
         FolderSource(tmp_path / "nowhere")
     (tmp_path / "color").mkdir()
     with pytest.raises(CodecError, match="color/ and depth/"):
@@ -106,6 +110,68 @@ def test_player_folder_source_32fc1(data_dir, node_processes, probe_factory):
     info = got_info[min(got_info)]
     assert info.width == 640 and info.k[0] == pytest.approx(525.0) and info.header.frame_id == "camera_color_optical_frame"
     assert "published 33 frames; done" in player.log()
+
+
+def grey_folder(root):
+    """Four grey 64x48 pairs, played in index.csv's order (not the file names'), with meta.json's
+    camera matrix and depth in 0.5 mm units; pixel (0, 0) of colour frame i is 50 * (i + 1)."""
+    import imagecodecs
+
+    (root / "color").mkdir(parents=True)
+    (root / "depth").mkdir()
+    yy, xx = np.mgrid[0:48, 0:64]
+    rows = ["id,color,depth"]
+    for i, name in enumerate(["d", "b", "c", "a"]):
+        grey = ((xx * 3 + yy * 2 + 40 * i) % 200).astype(np.uint8)
+        grey[0, 0] = 50 * (i + 1)
+        (root / "color" / f"{name}.png").write_bytes(imagecodecs.png_encode(grey))
+        (root / "depth" / f"{name}.png").write_bytes(
+            imagecodecs.png_encode((2000 + 10 * xx + 100 * i).astype(np.uint16)))
+        rows.append(f"{name},color/{name}.png,depth/{name}.png")
+    (root / "index.csv").write_text("\n".join(rows) + "\n")
+    k = [[70.5, 0, 31.0], [0, 71.5, 23.5], [0, 0, 1]]
+    (root / "meta.json").write_text(__import__("json").dumps({"depth_scale_per_m": 2000, "intrinsics": k}))
+    return root, k
+
+
+def test_player_grey_folder_index_order_and_calibration(tmp_path, node_processes, probe_factory):
+    """A grey folder goes out as mono8 (which the encoder takes: test_ros_pipeline's encodings), in
+    index.csv's order, with meta.json's camera matrix in camera_info and depth as REP 118 mm."""
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from rgbd_codec_ros import convert
+
+    folder, k = grey_folder(tmp_path / "grey")
+    ns = unique_namespace("player_grey")
+    probe = probe_factory(ns)
+    colour, depth, info = [], [], []
+    qos = reliable_qos(50)
+    subs = [probe.node.create_subscription(Image, "color/image_raw", colour.append, qos),
+            probe.node.create_subscription(Image, "depth/image_raw", depth.append, qos),
+            probe.node.create_subscription(CameraInfo, "color/camera_info", info.append, qos)]
+    player = node_processes("player_node", ns, {
+        "source": str(folder), "rate": 20.0, "max_frames": 6, "qos_depth": 50, "wait_for_subscribers": 1})
+    for sub in subs:
+        probe.wait_matched(sub, processes=[player])
+    assert probe.spin_until(lambda: not player.alive(), 120), "player did not stop after max_frames"
+    assert player.proc.returncode == 0, player.log()[-2000:]
+    probe.spin_for(0.3)
+    assert len(colour) >= 4 and info, f"{len(colour)} colour images, {len(info)} camera_info"
+    assert all(m.encoding == "mono8" and (m.width, m.height) == (64, 48) for m in colour)
+    # index.csv's order (d, b, c, a), looping on: 50, 100, 150, 200, 50, ...
+    firsts = [int(convert.image_to_array(m)[0, 0]) for m in colour]
+    start = [50, 100, 150, 200].index(firsts[0])
+    assert firsts == [50 * ((start + j) % 4 + 1) for j in range(len(firsts))], firsts
+    assert list(info[0].k) == pytest.approx([v for row in k for v in row])
+    # depth in 0.5 mm units comes out as millimetres, paired as index.csv pairs it
+    grey_at = {stamp_ns(m.header): int(convert.image_to_array(m)[0, 0]) for m in colour}
+    paired = [(grey_at[stamp_ns(m.header)], convert.image_to_array(m)) for m in depth
+              if stamp_ns(m.header) in grey_at]
+    assert len(paired) >= 3 and all(m.encoding == "16UC1" for m in depth)
+    for grey, mm in paired:                   # pair i: grey 50 (i + 1), depth 2000 + 100 i half-mm
+        assert mm[0, 0] == 950 + grey and mm.dtype == np.uint16
+    assert "the source's colour is grey: publishing mono8" in player.log()
+    assert "Traceback" not in player.log(), player.log()[-2000:]
 
 
 def test_chain_with_defaults(node_processes, probe_factory):

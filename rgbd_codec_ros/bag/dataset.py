@@ -1,12 +1,8 @@
 """Folders of image pairs <-> bags of raw Image topics.
 
-A dataset folder has the layout of the project's shared data:
-``color/<id>.png|.jpg`` (8-bit RGB or grey), ``depth/<id>.png`` (16-bit, 0 =
-no measurement), ``meta.json`` with ``depth_scale_per_m`` (and optionally a
-3x3 ``intrinsics`` / ``intrinsics_depth``), optionally ``index.csv``
-(``id,color,depth,...``).
-
-``folder_to_bag`` makes a bag of raw ``sensor_msgs/Image`` (+ CameraInfo)
+A dataset folder (``color/<id>.png|.jpg``, ``depth/<id>.png``, optional ``meta.json`` and
+``index.csv``; see docs/folder_format.md) is read by ``rgbd_codec_ros.dataset_folder``, the one
+reader of the format. ``folder_to_bag`` makes a bag of raw ``sensor_msgs/Image`` (+ CameraInfo)
 topics from such a folder, the input a camera driver would have recorded;
 ``write_pairs_folder`` writes decoded pairs back in the same layout.
 """
@@ -16,7 +12,6 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -26,8 +21,11 @@ from rgbd_codec_ros.bag import messages, msgdefs
 from rgbd_codec_ros.bag.storage import (
     AtomicBagWriter, OutputError, check_output, make_partial_dir, replace_output, resolve_output)
 from rgbd_codec_ros.codec.base import CodecError
+from rgbd_codec_ros.dataset_folder import DatasetFolder, PairFiles, list_pairs, read_pair
 
-COLOR_SUFFIXES = (".png", ".jpg", ".jpeg")
+__all__ = ["DEFAULT_TOPICS", "PairFiles", "PairsFolderWriter", "camera_info", "folder_to_bag",
+           "iter_dataset", "list_pairs", "load_pair"]
+
 DEFAULT_TOPICS = {
     "color": "/camera/color/image_raw",
     "depth": "/camera/depth/image_raw",
@@ -36,74 +34,13 @@ DEFAULT_TOPICS = {
 }
 
 
-@dataclass
-class PairFile:
-    id: str
-    color: Path
-    depth: Path
-
-
-def read_meta(folder) -> Dict[str, Any]:
-    path = Path(folder) / "meta.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CodecError(f"{path}: not readable JSON ({exc})") from exc
-
-
-def list_pairs(folder) -> List[PairFile]:
-    """The pairs of a dataset folder, in id order (index.csv order where present)."""
-    folder = Path(folder)
-    if not (folder / "color").is_dir() or not (folder / "depth").is_dir():
-        raise CodecError(f"{folder} is not a dataset folder: it needs color/ and depth/ sub-folders")
-    pairs: List[PairFile] = []
-    index = folder / "index.csv"
-    if index.is_file():
-        with index.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                pairs.append(PairFile(row["id"], folder / row["color"], folder / row["depth"]))
-    else:
-        colors = {p.stem: p for p in sorted((folder / "color").iterdir())
-                  if p.suffix.lower() in COLOR_SUFFIXES}
-        for stem, cpath in sorted(colors.items()):
-            dpath = folder / "depth" / f"{stem}.png"
-            if dpath.is_file():
-                pairs.append(PairFile(stem, cpath, dpath))
-    if not pairs:
-        raise CodecError(f"{folder}: no colour/depth pairs found")
-    return pairs
-
-
-def load_pair(pair: PairFile, downscale: int = 1) -> Tuple[np.ndarray, np.ndarray]:
-    """(colour uint8 HxWx3 RGB or HxW, depth uint16 HxW); ``downscale`` keeps every n-th pixel."""
-    from PIL import Image
-
-    with Image.open(pair.color) as im:
-        color = np.array(im.convert("RGB") if im.mode not in ("RGB", "L") else im)
-    with Image.open(pair.depth) as im:
-        depth = np.array(im)
-    if depth.dtype != np.uint16:
-        if depth.dtype.kind in "iu" and depth.size and depth.min() >= 0 and depth.max() <= 65535:
-            depth = depth.astype(np.uint16)
-        else:
-            raise CodecError(f"{pair.depth}: depth must be a 16-bit single-channel PNG, "
-                             f"got {depth.dtype} {depth.shape}")
+def load_pair(pair: PairFiles, downscale: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """(colour uint8 HxWx3 RGB or HxW grey, depth uint16 HxW); ``downscale`` keeps every n-th pixel."""
+    color, depth = read_pair(pair)
     if downscale > 1:
         color = np.ascontiguousarray(color[::downscale, ::downscale])
         depth = np.ascontiguousarray(depth[::downscale, ::downscale])
     return color, depth
-
-
-def intrinsics_of(meta: Dict[str, Any]) -> Optional[np.ndarray]:
-    for key in ("intrinsics", "intrinsics_depth"):
-        k = meta.get(key)
-        if k is not None:
-            arr = np.asarray(k, dtype=np.float64)
-            if arr.shape == (3, 3):
-                return arr
-    return None
 
 
 def camera_info(k: np.ndarray, width: int, height: int, hdr: Any, downscale: int = 1) -> Any:
@@ -136,6 +73,8 @@ def folder_to_bag(folder, out, *, limit: Optional[int] = None, start: int = 0, r
     +-``jitter_ns``. Messages are logged a few milliseconds after their stamps
     (depth before colour, as a driver's pipeline would deliver them).
     Depth is ``16UC1`` in the folder's units, or ``32FC1`` metres (NaN where no measurement).
+    Colour goes out as ``color_encoding``, except that grey images stay grey: they are
+    recorded as ``mono8`` whatever ``color_encoding`` says (``mono8`` turns colour grey).
     Returns {"pairs": n, "topics": {...}, "stamps": [(color_ns, depth_ns), ...]}.
     """
     from rgbd_codec_ros import convert
@@ -147,13 +86,14 @@ def folder_to_bag(folder, out, *, limit: Optional[int] = None, start: int = 0, r
     if rate_hz <= 0:
         raise CodecError(f"rate must be > 0 Hz, got {rate_hz}")
     topics = {**DEFAULT_TOPICS, **(topics or {})}
-    pairs = list_pairs(folder)[start:]
+    source = DatasetFolder(folder)
+    pairs = source.pairs[start:]
     if limit is not None:
         pairs = pairs[:limit]
     if not pairs:
         raise CodecError(f"{folder}: no pairs in the requested range")
-    meta = read_meta(folder)
-    k = intrinsics_of(meta) if camera_info_topics else None
+    scale = source.depth_scale_per_m
+    k = source.camera_matrix if camera_info_topics else None
     out_path, storage, single = resolve_output(out, storage, "mcap")
     period = int(round(1e9 / rate_hz))
     rng = np.random.default_rng(12345)
@@ -167,27 +107,26 @@ def folder_to_bag(folder, out, *, limit: Optional[int] = None, start: int = 0, r
             text, rihs = msgdefs.definition_and_hash(mtype)
             conns[name] = bag.add_connection(topics[name], mtype, text, rihs)
         bag.writer.set_custom_data("rgbd_codec_ros.depth_scale_per_m",
-                                   str(float(meta.get("depth_scale_per_m", 1000))))
+                                   str(scale))
         for i, pair in enumerate(pairs):
             color, depth = load_pair(pair, downscale)
             t_c = start_stamp_ns + i * period
             jitter = int(rng.integers(-jitter_ns, jitter_ns + 1)) if jitter_ns > 0 else 0
             t_d = t_c + depth_offset_ns + jitter
             stamps.append((t_c, t_d))
-            if color_encoding == "mono8":
+            encoding = "mono8" if color.ndim == 2 else color_encoding
+            if encoding == "mono8":
                 carr = (color if color.ndim == 2 else
                         np.rint(color @ np.array([0.299, 0.587, 0.114])).astype(np.uint8))
             else:
-                carr = convert.color_from_codec(color if color.ndim == 3 else
-                                                np.repeat(color[:, :, None], 3, 2), color_encoding)
-            scale = float(meta.get("depth_scale_per_m", 1000))
+                carr = convert.color_from_codec(color, encoding)
             if depth_encoding == "32FC1":
                 depth = convert.depth_from_codec(depth, "32FC1", scale)
             h_c = messages.header(t_c, frame_ids[0])
             h_d = messages.header(t_d, frame_ids[1])
             recs = [(t_d + 5_000_000, "depth", messages.image(depth, depth_encoding, h_d),
                      msgdefs.IMAGE),
-                    (t_c + 8_000_000, "color", messages.image(carr, color_encoding, h_c), msgdefs.IMAGE)]
+                    (t_c + 8_000_000, "color", messages.image(carr, encoding, h_c), msgdefs.IMAGE)]
             if k is not None:   # a driver publishes calibration with (here: just before) the image
                 recs.append((t_c + 7_900_000, "color_info",
                              camera_info(k, carr.shape[1], carr.shape[0], h_c, downscale),
@@ -198,8 +137,7 @@ def folder_to_bag(folder, out, *, limit: Optional[int] = None, start: int = 0, r
             for t_log, name, msg, mtype in sorted(recs, key=lambda r: r[0]):
                 bag.write(conns[name], t_log, messages.serialize(msg, mtype))
     return {"pairs": len(pairs), "topics": {n: topics[n] for n in conns}, "stamps": stamps,
-            "depth_scale_per_m": (1.0 if depth_encoding == "32FC1"
-                                  else float(meta.get("depth_scale_per_m", 1000))),
+            "depth_scale_per_m": 1.0 if depth_encoding == "32FC1" else scale,
             "output": str(out_path), "storage": storage}
 
 
@@ -298,7 +236,7 @@ class PairsFolderWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def iter_dataset(folder, downscale: int = 1) -> Iterator[Tuple[PairFile, np.ndarray, np.ndarray]]:
+def iter_dataset(folder, downscale: int = 1) -> Iterator[Tuple[PairFiles, np.ndarray, np.ndarray]]:
     for pair in list_pairs(folder):
         color, depth = load_pair(pair, downscale)
         yield pair, color, depth

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,6 +68,100 @@ def check_frame_size(width: int, height: int, max_pixels: int, what: str = "payl
     if width * height > max_pixels:
         raise CodecError(f"{what} declares a {width}x{height} frame ({width * height} pixels), over "
                          f"this decoder's limit of {max_pixels} pixels (option/parameter max_pixels)")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a backend, as the backend's schema publishes it.
+
+    The nodes declare one typed ROS parameter per entry (``<backend>.<name>``) with its
+    description and range; backends check the options they are given against their schema
+    (``check_options``). ``range`` bounds a number (inclusive); ``choices`` lists the allowed
+    strings; ``live`` says whether a running backend takes a new value (``configure``) or only a
+    new backend does; ``encode`` / ``decode`` say which side uses it.
+    """
+    name: str
+    type: type
+    default: Any
+    description: str
+    range: Optional[Tuple[float, float]] = None
+    choices: Optional[Tuple[str, ...]] = None
+    live: bool = True
+    encode: bool = True
+    decode: bool = False
+
+    def allowed(self) -> str:
+        """What values are allowed, in words (used in every refusal)."""
+        if self.type is bool:
+            return "true or false"
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        if self.type is int:
+            lo, hi = self.range if self.range is not None else (None, None)
+            return "an integer" + (f" in {int(lo)}..{int(hi)}" if lo is not None else "")
+        if self.type is float:
+            return "a number" + (f" in [{self.range[0]:g}, {self.range[1]:g}]" if self.range is not None else "")
+        return "a string"
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this option's type (an integer given as 2.0 or "2" becomes 2), or CodecError
+        saying what is allowed."""
+        bad = CodecError(f"{self.name} must be {self.allowed()}; got {value!r}")
+        if self.type is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise bad
+            return bool(value)
+        if self.type is str:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, float, np.number)):
+                raise bad
+            text = str(value)  # a path of digits parses as a number
+            if self.choices is not None:
+                if text.lower() not in self.choices:
+                    raise bad
+                return text.lower()
+            return text
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.number)):
+            raise bad
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise bad from None
+        if not np.isfinite(number) or (self.type is int and not number.is_integer()):
+            raise bad
+        if self.range is not None and not self.range[0] <= number <= self.range[1]:
+            raise bad
+        return int(number) if self.type is int else number
+
+
+def check_options(schema: Sequence[OptionSpec], options: Mapping[str, Any], codec: str) -> Dict[str, Any]:
+    """Options checked against a schema: every name known (else CodecError listing the known
+    ones), every value of its type and range. Returns the values converted to their types."""
+    specs = {spec.name: spec for spec in schema}
+    out: Dict[str, Any] = {}
+    for key, value in options.items():
+        spec = specs.get(key)
+        if spec is None:
+            raise CodecError(f"unknown option {key!r} for the {codec} codec (known: {', '.join(sorted(specs))})")
+        out[key] = spec.check(value)
+    return out
+
+
+#: where the schema of a built-in backend lives: modules that import neither torch nor FFmpeg
+_SCHEMA_MODULES = {
+    "classical": "rgbd_codec_ros.codec.classical",
+    "learned": "rgbd_codec_ros.codec.learned.schema",
+}
+
+
+def option_schema(name: str) -> Tuple[OptionSpec, ...]:
+    """The option schema of a backend by name, without making one (nor importing torch)."""
+    import importlib
+
+    if name in _SCHEMA_MODULES:
+        return tuple(importlib.import_module(_SCHEMA_MODULES[name]).OPTION_SCHEMA)
+    if name not in _REGISTRY:
+        raise CodecError(f"unknown codec {name!r}; available: {', '.join(available_backends())}")
+    return tuple(getattr(_REGISTRY[name], "option_schema", ()))
 
 
 @dataclass
@@ -135,6 +229,8 @@ class CodecBackend(abc.ABC):
 
     #: registry name, written into every message / payload
     name: str = ""
+    #: the options ``configure`` / the constructor take (``OptionSpec``: type, range, default, ...)
+    option_schema: Tuple[OptionSpec, ...] = ()
 
     @property
     @abc.abstractmethod

@@ -42,8 +42,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from . import container, rvl, video
-from .base import (DEFAULT_MAX_PIXELS, CodecBackend, CodecError, EncodedRGBD, MissingReference, RGBDFrame,
-                   check_frame_size, check_max_pixels, register_backend)
+from .base import (DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, CodecBackend, CodecError, EncodedRGBD, MissingReference,
+                   OptionSpec, RGBDFrame, check_frame_size, check_max_pixels, check_options, register_backend)
 from .stream_sizes import avif_size, jpeg_size, jpegxl_size, webp_size
 from .depth_quant import MAX_REL, MIN_REL, get_quantiser
 
@@ -104,6 +104,51 @@ DEFAULTS: Dict[str, Any] = {
     "max_pixels": DEFAULT_MAX_PIXELS,
 }
 
+
+#: The options of the classical backend (defaults: DEFAULTS). Ranges are the ones ``configure``
+#: enforces; two have a gap a range cannot say (depth_rel_error: 0 or >= MIN_REL;
+#: color_bitrate_kbps: 0 or >= 10), which ``configure`` refuses with the reason. Every option
+#: is live: ``configure`` takes it between two frames.
+OPTION_SCHEMA: Tuple[OptionSpec, ...] = (
+    OptionSpec("color_codec", str, DEFAULTS["color_codec"],
+               "Colour codec: an image codec (jpeg, webp, avif, jpegxl) or a temporal video codec (h264, hevc, "
+               "av1; keyframes: keyframe_interval)", choices=tuple(COLOR_CODECS)),
+    OptionSpec("color_quality", int, DEFAULTS["color_quality"],
+               "Colour quality of the image codec (video codecs: mapped to their quantiser); higher = larger "
+               "and better. Under rate control (target_kbps > 0) the controller chooses it per frame",
+               range=(1, 100)),
+    OptionSpec("depth_codec", str, DEFAULTS["depth_codec"],
+               "Depth codec: jpegxl (lossless; sparse depth goes to RVL), rvl (lossless), png (lossless "
+               "16-bit) or rvl_lossy (error-bounded: depth_max_error_mm, depth_rel_error)",
+               choices=DEPTH_CODECS),
+    OptionSpec("depth_entropy", str, DEFAULTS["depth_entropy"],
+               "What codes rvl / rvl_lossy integers: auto (rvl: RVL planes + zstd; rvl_lossy: JPEG XL), zstd, "
+               "none (plain RVL) or jpegxl (rvl_lossy only)", choices=DEPTH_ENTROPY),
+    OptionSpec("depth_jxl_effort", int, DEFAULTS["depth_jxl_effort"],
+               "JPEG XL effort for lossless depth (higher: slower, a little smaller)", range=(1, 9)),
+    OptionSpec("depth_zstd_level", int, DEFAULTS["depth_zstd_level"], "zstd level of RVL+zstd depth",
+               range=(1, 22)),
+    OptionSpec("png_level", int, DEFAULTS["png_level"], "Compression level of 16-bit PNG depth", range=(0, 9)),
+    OptionSpec("depth_max_error_mm", float, DEFAULTS["depth_max_error_mm"],
+               "rvl_lossy: largest depth error in millimetres (plus depth_rel_error of the depth)",
+               range=(0.1, 10000.0)),
+    OptionSpec("depth_rel_error", float, DEFAULTS["depth_rel_error"],
+               f"rvl_lossy: extra error allowed as a share of the depth; 0 or {MIN_REL:g}..{MAX_REL:g}",
+               range=(0.0, MAX_REL)),
+    OptionSpec("keyframe_interval", int, DEFAULTS["keyframe_interval"],
+               "Video colour: a keyframe every this many frames; 0 = only the first and on request",
+               range=(0, 100000)),
+    OptionSpec("color_bitrate_kbps", float, DEFAULTS["color_bitrate_kbps"],
+               "Video colour: bit rate for the video encoder's own rate control in kbit/s; 0 = quality mode "
+               "(color_quality), else 10..1e6", range=(0.0, 1.0e6)),
+    OptionSpec("video_encoder", str, DEFAULTS["video_encoder"],
+               "Video colour: 'auto' or the name of an FFmpeg encoder of this PyAV build"),
+    OptionSpec("video_threads", int, DEFAULTS["video_threads"], "Video colour: threads of the video coder",
+               range=(1, 64), decode=True),
+    OptionSpec("max_pixels", int, DEFAULTS["max_pixels"],
+               "Largest frame (width x height) a payload may declare to be decoded", range=(1, HARD_MAX_PIXELS),
+               encode=False, decode=True),
+)
 
 def _imagecodecs():
     try:
@@ -314,6 +359,7 @@ class ClassicalBackend(CodecBackend):
     """Image or video colour + JPEG XL / RVL / PNG / bounded-error depth."""
 
     name = "classical"
+    option_schema = OPTION_SCHEMA
 
     def __init__(self, **options: Any):
         self._opts: Dict[str, Any] = dict(DEFAULTS)
@@ -351,11 +397,7 @@ class ClassicalBackend(CodecBackend):
 
     def configure(self, **options: Any) -> None:
         new = dict(self._opts)
-        for key, value in options.items():
-            if key not in DEFAULTS:
-                raise CodecError(f"classical codec has no option {key!r}; "
-                                 f"options: {', '.join(sorted(DEFAULTS))}")
-            new[key] = value
+        new.update(check_options(OPTION_SCHEMA, options, self.name))  # names, types, ranges
         new["color_codec"] = _choice(new, "color_codec", tuple(COLOR_CODECS))
         if not color_codec_available(new["color_codec"]):
             lib = "PyAV" if new["color_codec"] in VIDEO_COLOR_CODECS else "imagecodecs"

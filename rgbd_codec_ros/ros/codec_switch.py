@@ -26,17 +26,18 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from rgbd_codec_ros.codec.base import CodecError, available_backends, check_max_pixels, create_backend
 
 #: options of the learned backend, as the nodes accept them
-LEARNED_OPTIONS = ("weights", "quality", "device", "threads", "model_path", "pixel_exact", "max_pixels")
+LEARNED_OPTIONS = ("weights", "quality", "device", "threads", "model_path", "pixel_exact", "max_pixels", "runtime")
 #: learned options that only a new backend takes (changing one rebuilds, off the callback)
 LEARNED_BUILD_OPTIONS = ("weights", "device", "model_path")
 #: learned options a running backend takes through ``configure`` (quality first: the only one
 #: whose range depends on the model, so a refused value leaves everything as it was)
-LEARNED_CONFIGURE_OPTIONS = ("quality", "pixel_exact", "max_pixels")
+LEARNED_CONFIGURE_OPTIONS = ("quality", "pixel_exact", "max_pixels", "runtime")
 #: options the node applies itself when the backend goes into force (not passed to the backend)
 NODE_OPTIONS = ("threads",)
 #: backends that are cheap to make (milliseconds, no files): built in the parameter callback
 CHEAP_CODECS = ("classical",)
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 #: the learned backend's own bound of ``threads`` (rgbd_codec_ros.codec.learned.backend.MAX_THREADS;
@@ -86,6 +87,9 @@ def check_codec_options(codec: str, options: Dict[str, Any]) -> Dict[str, Any]:
                 raise CodecError(f"device must be one of {', '.join(DEVICES)}, got {value!r}")
         elif key == "max_pixels":
             value = check_max_pixels(value)
+        elif key == "runtime":
+            if value not in RUNTIMES:
+                raise CodecError(f"runtime must be one of {', '.join(RUNTIMES)}, got {value!r}")
         else:  # weights, model_path: paths (a path of digits parses as a number)
             if isinstance(value, bool) or value == "":
                 raise CodecError(f"{key} must be a file or folder name, got {value!r}")

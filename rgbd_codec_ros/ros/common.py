@@ -37,6 +37,19 @@ def describe(description: str, *, read_only: bool = False, int_range: Optional[S
     return desc
 
 
+def describe_option(spec: Any, *, read_only: bool = False, note: str = "",
+                    value_range: Optional[Sequence[float]] = None) -> ParameterDescriptor:
+    """The ParameterDescriptor of a backend option (an ``OptionSpec`` of its backend's schema):
+    its description, its range (IntegerRange / FloatingPointRange, enforced by rclpy) or its
+    choices (checked by the node against the schema). ``value_range`` narrows the schema's range
+    where the node knows better (threads: the CPUs of this machine)."""
+    rng = value_range if value_range is not None else spec.range
+    text = spec.description + (f" ({note})" if note else "")
+    return describe(text, read_only=read_only, choices=spec.choices,
+                    int_range=rng if spec.type is int and rng is not None else None,
+                    float_range=rng if spec.type is float and rng is not None else None)
+
+
 def declare(node: Node, specs: Dict[str, tuple]) -> Dict[str, Any]:
     """Declare ``{name: (default, ParameterDescriptor)}``; return the values now in force."""
     for name, (default, desc) in specs.items():
@@ -230,11 +243,23 @@ def diagnostic_array(node: Node, level: int, message: str, values: Dict[str, Any
 
 
 def run_node(factory: Callable[[], Node], args: Optional[Sequence[str]] = None) -> int:
-    """Create a node and spin it until Ctrl-C / SIGTERM / shutdown; clean up; return an exit code.
+    """Create a node and spin it until Ctrl-C / SIGTERM / shutdown / its work is done; clean up;
+    return an exit code.
 
-    A node that cannot start (a bad parameter, say) prints why and returns 2. An
-    exception escaping a callback is logged and the node keeps running: one bad
-    message must not take the node down.
+    The main loop is an executor's ``spin``, as in ros2/examples. A SingleThreadedExecutor:
+    one thread runs every callback, so parameters change and a new backend is swapped in between
+    two frames, never during one (the nodes rely on that). The learned backend's slow build
+    needs no second executor thread: it runs on a worker thread of its own
+    (codec_switch.BackgroundBuilder), which wakes this executor through a guard condition.
+
+    A node whose work can end (the player at the end of its data) has a ``finished`` Future:
+    the loop then spins until it completes, and its result is the exit code. Ctrl-C (SIGINT,
+    KeyboardInterrupt), SIGTERM and an rclpy shutdown from elsewhere (ExternalShutdownException)
+    end the loop cleanly with exit code 0. A node that cannot start (a bad parameter, say)
+    prints why and returns 2. An exception escaping a callback is a bug (the nodes catch what
+    bad input raises, log it and drop that input): as with rclpy's own spin, it ends the node,
+    here with its traceback and exit code 1, so that a supervisor (launch's respawn, systemd)
+    sees the failure rather than a node running on in an unknown state.
     """
     argv = list(sys.argv if args is None else args)
     rclpy.init(args=argv)
@@ -266,26 +291,26 @@ def run_node(factory: Callable[[], Node], args: Optional[Sequence[str]] = None) 
 def _spin(node: Node) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    failures = 0
+    finished = getattr(node, "finished", None)
     try:
-        while rclpy.ok():
-            try:
-                executor.spin_once(timeout_sec=0.5)
-            except (KeyboardInterrupt, ExternalShutdownException):
-                break
-            except SystemExit as exc:  # a node that finished its work (the player) ends the loop so
-                return exc.code if isinstance(exc.code, int) else 0
-            except Exception as exc:
-                if not rclpy.ok():  # shutting down: callbacks racing the signal handler
-                    break
-                failures += 1
-                node.get_logger().error(
-                    f"a callback failed ({failures} so far), continuing: {type(exc).__name__}: {exc}",
-                    throttle_duration_sec=2.0)
+        if finished is None:
+            executor.spin()
+        else:
+            executor.spin_until_future_complete(finished)
+            if finished.done():
+                result = finished.result()
+                return result if isinstance(result, int) else 0
+        return 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    except Exception:
+        if not rclpy.ok():  # shutting down: a callback raced the signal handler
+            return 0
+        node.get_logger().fatal("a callback failed; stopping the node:\n" + traceback.format_exc())
+        return 1
     finally:
         executor.remove_node(node)
         executor.shutdown(timeout_sec=1.0)
-    return 0
 
 
 class StartupError(RuntimeError):

@@ -29,6 +29,13 @@ format-1 senders, which have none).
 With ``publish_points`` the decoded pair also goes out as an organized XYZRGB
 ``decoded/points`` (sensor_msgs/PointCloud2, rgbd_codec_ros.ros.points) in the colour camera's
 frame, from the colour camera_info carried in the messages.
+
+Backend options: each option a backend's schema lists for decoding is a typed parameter
+``classical.<option>`` / ``learned.<option>`` (``classical.video_threads``, ``learned.pixel_exact``,
+``learned.runtime``, ``learned.device``, ``learned.threads``; ``max_pixels`` and ``model_path``
+are the node's own parameters). A backend is made with them on first use; the live ones are
+applied to a backend already made (a value it refuses is refused with its reason), the others
+(device, threads: only a new backend takes them) are read-only.
 """
 from __future__ import annotations
 
@@ -44,7 +51,9 @@ from rclpy.serialization import deserialize_message
 from rgbd_codec_ros import convert
 from rgbd_codec_ros.codec.base import (DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, LEARNED_DEFAULT_MAX_PIXELS, CodecError,
                                        MissingReference, create_backend)
-from rgbd_codec_ros.ros import common, points
+from rgbd_codec_ros.codec.base import check_options, option_schema
+from rgbd_codec_ros.ros import codec_switch, common, points
+from rgbd_codec_ros.ros.options import explicit_options, typed_options
 from rgbd_codec_ros.ros.stats import StreamStats
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -53,10 +62,30 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import String as KeyframeRequest
 
 NODE_NAME = "rgbd_decoder"
+#: backend options this node has as parameters of its own (one limit for every backend; the
+#: weights search path)
+NODE_OWNED_OPTIONS = ("max_pixels", "model_path")
+#: backends whose decoding options are typed parameters of this node
+TYPED_BACKENDS = ("classical", "learned")
+#: '<backend>.<option>' -> (backend, OptionSpec)
+TYPED = typed_options(TYPED_BACKENDS, "decode", owned=NODE_OWNED_OPTIONS)
+
+
+def typed_parameter_specs() -> Dict[str, tuple]:
+    specs = {}
+    for name, (codec, spec) in TYPED.items():
+        rng = (0, codec_switch.max_threads()) if (codec, spec.name) == ("learned", "threads") else None
+        note = "live" if spec.live else "read at start: only a new backend takes it"
+        specs[name] = (spec.default, common.describe_option(spec, read_only=not spec.live, note=note,
+                                                            value_range=rng))
+    return specs
 
 
 def parameter_specs() -> Dict[str, tuple]:
-    d = common.describe
+    return {**_node_parameter_specs(common.describe), **typed_parameter_specs()}
+
+
+def _node_parameter_specs(d) -> Dict[str, tuple]:
     return {
         "input_qos": ("reliable", d("QoS of the rgbd/compressed subscription (best_effort also hears a "
                                     "reliable publisher)", read_only=True,
@@ -126,8 +155,21 @@ class DecoderNode(Node):
                 raise common.StartupError(reason)
         self._params = p
         self._backends: Dict[str, Any] = {}  # codec name -> backend, made on first use
-        # options of backends that need more than their defaults to decode
-        self._backend_options = {"learned": {"model_path": p["model_path"]}} if p["model_path"] else {}
+        # options of backends that need more than their defaults to decode: the typed parameters
+        # off their defaults (checked now: choices and this machine's bounds), and model_path
+        self._backend_options: Dict[str, Dict[str, Any]] = {}
+        for codec in TYPED_BACKENDS:
+            values = {spec.name: p[name] for name, (c, spec) in TYPED.items() if c == codec}
+            try:
+                values = check_options(option_schema(codec), values, codec)
+                codec_switch.check_codec_options(codec, explicit_options(values, option_schema(codec)))
+            except CodecError as exc:
+                raise common.StartupError(str(exc)) from exc
+            explicit = explicit_options(values, option_schema(codec))
+            if explicit:
+                self._backend_options[codec] = explicit
+        if p["model_path"]:
+            self._backend_options.setdefault("learned", {})["model_path"] = p["model_path"]
         self._color_info: Optional[CameraInfo] = None
         self._depth_info: Optional[CameraInfo] = None
         self.stats = StreamStats()
@@ -182,8 +224,27 @@ class DecoderNode(Node):
     # ---------------------------------------------------------------- parameters
 
     def _on_set_parameters(self, params) -> Any:
-        """max_pixels, max_age_s and publish_points are live (rclpy has checked their ranges)."""
+        """max_pixels, max_age_s, publish_points and the live typed backend options (rclpy has
+        checked types and ranges; the schema checks choices, the backend what it takes)."""
         changes = {prm.name: prm.value for prm in params}
+        by_codec: Dict[str, Dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name in TYPED:
+                codec, spec = TYPED[name]
+                by_codec.setdefault(codec, {})[spec.name] = value
+        try:
+            for codec, values in by_codec.items():
+                by_codec[codec] = check_options(option_schema(codec), values, codec)
+            # a backend already made takes them now (two backends in one request: the first may
+            # have taken its values when the second refuses; each backend's values stay valid)
+            for codec, values in by_codec.items():
+                if codec in self._backends:
+                    self._backends[codec].configure(**values)
+        except CodecError as exc:
+            return common.result(str(exc))
+        for codec, values in by_codec.items():  # and a backend made later is made with them
+            kept = dict(self._backend_options.get(codec, {}), **values)
+            self._backend_options[codec] = explicit_options(kept, option_schema(codec))
         self._params.update(changes)
         if "max_pixels" in changes:
             for codec, backend in list(self._backends.items()):

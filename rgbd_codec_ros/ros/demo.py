@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", default=None, help="where the nodes' logs go (default: a temporary folder)")
     p.add_argument("--target-kbps", type=float, default=0.0,
                    help="encoder bit-rate budget in kbit/s over every 1 s window (default 0 = no rate control)")
+    p.add_argument("--depth-share", type=float, default=None,
+                   help="the encoder's depth_share under rate control (default: the encoder's own)")
     p.add_argument("--adapt-to-link", action="store_true",
                    help="the encoder lowers its target on link loss / rising delay (needs --target-kbps)")
     p.add_argument("--link-kbps", type=float, default=0.0,
@@ -80,6 +82,8 @@ def _validate(args) -> Optional[str]:
         return "--rate must be in 0.1..120"
     if not (8 <= args.width <= 8192 and 8 <= args.height <= 8192):
         return "--width/--height must be in 8..8192"
+    if args.depth_share is not None and not 0.0 < args.depth_share < 1.0:
+        return f"--depth-share must be in (0, 1), got {args.depth_share:g}"
     if not (args.target_kbps == 0 or 10 <= args.target_kbps <= 1e6):
         return "--target-kbps must be 0 (off) or in 10..1000000"
     if not 0 <= args.link_kbps <= 1e7:
@@ -309,7 +313,9 @@ def main(argv=None) -> int:
                           remap={"rgbd/compressed": "link/rgbd/compressed"} if use_link else None),
         "encoder": _start("encoder_node", {"codec": args.codec, "codec_options": args.codec_options,
                                            "log_period": 5.0, "target_kbps": float(args.target_kbps),
-                                           "adapt_to_link": bool(args.adapt_to_link)}, log_dir, env),
+                                           "adapt_to_link": bool(args.adapt_to_link),
+                                           **({} if args.depth_share is None
+                                              else {"depth_share": float(args.depth_share)})}, log_dir, env),
         "player": _start("player_node", {"source": str(Path(args.source).expanduser()) if args.source != "synthetic"
                                          else "synthetic", "rate": float(args.rate), "width": args.width,
                                          "height": args.height}, log_dir, env),

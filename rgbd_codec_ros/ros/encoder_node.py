@@ -33,6 +33,18 @@ share of the budget itself (its rate control, VBV <= 0.5 s): the controller choo
 and never skips or re-codes a frame after the video encoder has coded it (that would break the
 reference chain). Every message carries ``sequence`` (the count of frames published) and
 ``keyframe``.
+
+Backend options (docs/ros.md, "Backend options"): each option a backend's schema lists for
+encoding is a typed parameter ``classical.<option>`` / ``learned.<option>`` (range, choices and
+description in its descriptor; ``keyframe_interval`` is the node's own parameter). They all
+change live: through the same checked path as ``codec_options`` (a weights, device or threads
+change of the learned backend makes a new one in the background). ``codec_options`` stays as a
+shorthand for the backend in force. Precedence: at start, an entry of ``codec_options`` wins
+over the typed parameter (its YAML value, command-line value or default); afterwards the last
+set wins, and in one request that sets both, the ``codec_options`` entry. The typed parameters
+of the backend in force always show the options in force (the node sets them to what a
+``codec_options`` change put in force); ``codec_options`` shows the last shorthand given. Typed
+parameters of the other backend are checked and kept for when ``codec`` switches to it.
 """
 from __future__ import annotations
 
@@ -44,10 +56,10 @@ from rclpy.parameter import Parameter
 from rclpy.serialization import serialize_message
 
 from rgbd_codec_ros import convert, ratecontrol
-from rgbd_codec_ros.codec.base import CodecError
+from rgbd_codec_ros.codec.base import CodecError, check_options, option_schema
 from rgbd_codec_ros.codec.classical import DEFAULTS as CLASSICAL_DEFAULTS, LOSSLESS_DEPTH_CODECS
 from rgbd_codec_ros.ros import codec_switch, common
-from rgbd_codec_ros.ros.options import parse_codec_options
+from rgbd_codec_ros.ros.options import explicit_options, parse_codec_options, typed_options
 from rgbd_codec_ros.ros.stats import StreamStats
 from rgbd_codec_ros.sync import StampPairer
 
@@ -69,6 +81,15 @@ RATE_OPTIONS = {"classical": ("color_quality", "depth_codec", "depth_max_error_m
 VIDEO_RATE_SHARE = 0.9
 #: codec options the node's own parameters own
 NODE_OWNED_OPTIONS = {"keyframe_interval": "keyframe_interval"}
+#: backends whose options are typed parameters of this node
+TYPED_BACKENDS = ("classical", "learned")
+#: '<backend>.<option>' -> (backend, OptionSpec): the encoding options of every typed backend
+TYPED = typed_options(TYPED_BACKENDS, "encode", owned=NODE_OWNED_OPTIONS)
+
+
+def explicit_unset(codec: str) -> tuple:
+    """Options of a backend whose '' means 'not given' (the default is '')."""
+    return tuple(spec.name for spec in option_schema(codec) if spec.type is str and spec.default == "")
 
 
 def lossless_depth_codec(options: Dict[str, Any]) -> str:
@@ -78,13 +99,32 @@ def lossless_depth_codec(options: Dict[str, Any]) -> str:
     return codec if codec in LOSSLESS_DEPTH_CODECS else CLASSICAL_DEFAULTS["depth_codec"]
 
 
+def typed_parameter_specs() -> Dict[str, tuple]:
+    """The typed backend options: ``{name: (default, ParameterDescriptor)}``."""
+    specs = {}
+    for name, (codec, spec) in TYPED.items():
+        # every one changes live here: what a running backend does not take (learned weights,
+        # device, threads) the node applies by making a new backend, as for codec_options
+        note = "live"
+        if not spec.live:
+            note = "live: a new backend is made in the background"
+        rng = (0, codec_switch.max_threads()) if (codec, spec.name) == ("learned", "threads") else None
+        specs[name] = (spec.default, common.describe_option(spec, note=note, value_range=rng))
+    return specs
+
+
 def parameter_specs() -> Dict[str, tuple]:
     d = common.describe
+    return {**_node_parameter_specs(d), **typed_parameter_specs()}
+
+
+def _node_parameter_specs(d) -> Dict[str, tuple]:
     return {
         "codec": ("classical", d("Backend that codes the pairs (classical, learned, ...); changeable live")),
-        "codec_options": ("", d("Backend options as 'name=value, name=value' (e.g. colour quality); "
-                                "passed to the backend, changeable live (a learned backend is loaded "
-                                "in the background and swapped in when ready)",
+        "codec_options": ("", d("Shorthand for the typed options (classical.*, learned.*) of the backend in "
+                                "'codec', as 'name=value, name=value'; at start its entries win over the "
+                                "typed parameters, afterwards the last set wins; changeable live (a learned "
+                                "backend is loaded in the background and swapped in when ready)",
                                 constraints=f"learned threads: 0..{codec_switch.max_threads()}")),
         "max_age_s": (1.0, d("Drop, uncoded, a pair whose capture stamp is older than this many seconds "
                              "when the encoder gets to it (stale frames queued behind a slow codec); "
@@ -142,13 +182,33 @@ class EncoderNode(Node):
             if reason:
                 raise common.StartupError(reason)
         self._params = p
+        # the typed backend options, per backend: the values in force (the backend in force) or
+        # kept for when ``codec`` switches to that backend
+        self._typed: Dict[str, Dict[str, Any]] = {c: {} for c in TYPED_BACKENDS}
+        for name, (codec, spec) in TYPED.items():
+            self._typed[codec][spec.name] = p[name]
         try:
-            options = self._check_options(p["codec"], p["codec_options"])
+            for codec in TYPED_BACKENDS:
+                self._typed[codec] = self._check_typed(codec, self._typed[codec])
+            text_options = self._check_options(p["codec"], p["codec_options"])
+            # at start, codec_options entries win over the typed parameters
+            typed_in_force = self._explicit(p["codec"])
+            for key, value in text_options.items():
+                if key in typed_in_force and typed_in_force[key] != value:
+                    self.get_logger().warning(
+                        f"codec_options sets {key}={value}, over the parameter {p['codec']}.{key}="
+                        f"{typed_in_force[key]}: codec_options wins at start")
+            options = dict(typed_in_force, **text_options)
             self._backend = codec_switch.build_backend(p["codec"], options)
             self._apply_keyframe_interval(self._backend)
         except Exception as exc:
             raise common.StartupError(f"cannot start codec {p['codec']!r}: {exc}") from exc
         codec_switch.apply_node_options(p["codec"], options)
+        # the typed parameters show what is in force (no callback is registered yet)
+        self._mirroring = False
+        self._note_in_force(p["codec"], options)
+        self.set_parameters(self._mirror_changes())
+        self._mirror_due = self.create_guard_condition(self._mirror_typed)
         # the codec in force, and the one asked for (they differ while a new backend is built):
         # (codec name, options, the codec_options text they came from)
         self._active = self._target = (p["codec"], options, p["codec_options"])
@@ -252,7 +312,10 @@ class EncoderNode(Node):
 
     def _on_set_parameters(self, params) -> Any:
         """Check everything first; apply only what passed (rclpy has checked the ranges)."""
+        if self._mirroring:  # the node itself setting the typed parameters to what is in force
+            return common.result(None)
         changes = {prm.name: prm.value for prm in params}
+        typed = {name: value for name, value in changes.items() if name in TYPED}
         if "target_kbps" in changes:
             reason = self._check_target(changes["target_kbps"])
             if reason is not None:
@@ -262,9 +325,10 @@ class EncoderNode(Node):
                 self._apply_keyframe_interval(self._backend, changes["keyframe_interval"])
             except CodecError as exc:
                 return common.result(f"keyframe_interval refused: {exc}")
-        if "codec" in changes or "codec_options" in changes:
+        if "codec" in changes or "codec_options" in changes or typed:
             reason = self._change_codec(changes.get("codec", self._params["codec"]),
-                                        changes.get("codec_options", self._params["codec_options"]))
+                                        changes.get("codec_options", self._params["codec_options"]),
+                                        typed, use_text="codec" in changes or "codec_options" in changes)
             if reason is not None:
                 return common.result(reason)
         sync_changes = {k: changes[k] for k in ("slop", "queue_size", "exact_time") if k in changes}
@@ -283,11 +347,53 @@ class EncoderNode(Node):
         return common.result(None)
 
     def _check_options(self, codec: str, text: str) -> Dict[str, Any]:
+        """codec_options checked: the node's bounds first (threads: this machine's CPUs), then the
+        backend's schema (names, types, ranges; values become the options' types)."""
         options = codec_switch.check_codec_options(codec, parse_codec_options(text))
         for key, param in NODE_OWNED_OPTIONS.items():
             if key in options:
                 raise CodecError(f"{key} is the node parameter {param!r}, not a codec option")
+        if codec in TYPED_BACKENDS:
+            options = check_options(option_schema(codec), options, codec)
         return options
+
+    def _check_typed(self, codec: str, values: Dict[str, Any]) -> Dict[str, Any]:
+        """Typed parameter values of one backend checked (rclpy has checked types and ranges; here
+        choices and the node's bounds). CodecError says what is wrong."""
+        codec_switch.check_codec_options(codec, explicit_options(values, option_schema(codec)))
+        return dict(values, **check_options(option_schema(codec), values, codec))
+
+    def _explicit(self, codec: str) -> Dict[str, Any]:
+        """The typed options of a backend that differ from its defaults (what a new one is made with)."""
+        return explicit_options(self._typed.get(codec, {}), option_schema(codec)) if codec in self._typed else {}
+
+    def _note_in_force(self, codec: str, options: Dict[str, Any]) -> None:
+        """The typed options of the backend in force are what is in force."""
+        if codec not in self._typed:
+            return
+        for name, (c, spec) in TYPED.items():
+            if c == codec:
+                self._typed[codec][spec.name] = options.get(spec.name, spec.default)
+
+    def _mirror_changes(self) -> List[Parameter]:
+        out = []
+        for name, (codec, spec) in TYPED.items():
+            value = self._typed[codec][spec.name]
+            if self.get_parameter(name).value != value:
+                out.append(Parameter(name, value=spec.type(value)))
+        return out
+
+    def _mirror_typed(self) -> None:
+        """Set the typed parameters to what is in force (after a codec_options change, or a build
+        that failed); the parameter callback lets these through unchanged."""
+        changes = self._mirror_changes()
+        if not changes:
+            return
+        self._mirroring = True
+        try:
+            self.set_parameters(changes)
+        finally:
+            self._mirroring = False
 
     def _apply_keyframe_interval(self, backend, value: Optional[int] = None) -> None:
         if backend.name == "classical":
@@ -458,17 +564,50 @@ class EncoderNode(Node):
                                    f"(loss {loss if loss is not None else float('nan'):.2f}, queuing delay "
                                    f"{self._adapter.last_queue_ms if self._adapter.last_queue_ms is not None else float('nan'):.0f} ms)")
 
-    def _change_codec(self, codec: str, text: str) -> Optional[str]:
-        """Take a new codec / codec_options: None if accepted, else the reason it is refused.
+    def _change_codec(self, codec: str, text: str, typed: Optional[Dict[str, Any]] = None,
+                      use_text: bool = True) -> Optional[str]:
+        """Take a new codec / codec_options / typed options: None if accepted, else the reason it
+        is refused.
 
-        Options left out of the string keep their values while the codec stays the same.
+        Options left out of the string keep their values while the codec stays the same; a new
+        codec starts from its typed parameters. ``typed``: changed typed parameters
+        (``{'classical.color_quality': 40}``); those of another backend than ``codec`` are checked
+        and kept for when it is chosen.
         """
+        by_codec: Dict[str, Dict[str, Any]] = {}
+        for name, value in (typed or {}).items():
+            owner, spec = TYPED[name]
+            by_codec.setdefault(owner, {})[spec.name] = value
         try:
-            options = self._check_options(codec, text)
+            options = self._check_options(codec, text) if use_text else {}
+            for owner, values in by_codec.items():
+                by_codec[owner] = check_options(option_schema(owner), values, owner)
+                kept = dict(self._typed[owner], **by_codec[owner])
+                self._check_typed(owner, kept)
+                if owner != codec and owner in codec_switch.CHEAP_CODECS:  # the combination, checked now
+                    codec_switch.build_backend(owner, explicit_options(kept, option_schema(owner)))
         except CodecError as exc:
             return str(exc)
-        base_codec, base_options, _ = self._target
-        wanted = dict(base_options, **options) if codec == base_codec else options
+        typed_here = by_codec.get(codec, {})
+        reason = None
+        if use_text or typed_here:
+            base_codec, base_options, _ = self._target
+            if codec == base_codec:
+                wanted = dict(base_options, **typed_here, **options)
+            else:
+                wanted = dict(self._explicit(codec), **typed_here, **options)
+            if codec in TYPED_BACKENDS:  # weights='' / model_path='': not given
+                wanted = {k: v for k, v in wanted.items() if not (v == "" and k in explicit_unset(codec))}
+            reason = self._take_options(codec, wanted, text)
+        if reason is None:
+            for owner, values in by_codec.items():
+                if owner != codec:
+                    self._typed[owner].update(values)
+        return reason
+
+    def _take_options(self, codec: str, wanted: Dict[str, Any], text: str) -> Optional[str]:
+        """Put checked options of ``codec`` in force: in place, by a new cheap backend, or by one
+        made in the background. None if accepted, else the reason."""
         active_codec, active_options, _ = self._active
         same_codec = codec == active_codec
         if same_codec and wanted == active_options:  # nothing to build (or back to what is in force)
@@ -510,6 +649,8 @@ class EncoderNode(Node):
         old, self._backend = self._backend, backend
         self._active = self._target = (codec, options, text)
         codec_switch.apply_node_options(codec, options)
+        self._note_in_force(codec, options)
+        self._mirror_due.trigger()  # not from inside a parameter callback
         if old is not backend:
             del old
             codec_switch.release_memory()
@@ -533,6 +674,7 @@ class EncoderNode(Node):
         # the parameters say what is in force (the callback sees no change and accepts)
         self.set_parameters_atomically([Parameter("codec", Parameter.Type.STRING, active_codec),
                                         Parameter("codec_options", Parameter.Type.STRING, active_text)])
+        self._mirror_typed()
 
     def finish(self) -> None:
         self._builder.close()

@@ -1,11 +1,13 @@
 """player_node: publishes a colour + depth sequence like an RGB-D camera driver.
 
 Source (``source`` parameter): ``synthetic`` (the procedural room of
-rgbd_codec_ros.synthetic) or a folder with ``color/`` and ``depth/`` images
-(and an optional ``meta.json`` with ``depth_scale_per_m``). Publishes
+rgbd_codec_ros.synthetic) or a dataset folder (``color/`` and ``depth/`` images, optional
+``index.csv`` giving the pairs and their order, optional ``meta.json`` with ``depth_scale_per_m``
+and the camera matrix for camera_info; docs/folder_format.md). Publishes
 ``color/image_raw``, ``depth/image_raw``, ``color/camera_info`` and
 ``depth/camera_info`` at ``rate`` Hz, stamped with the current time.
-Depth goes out as REP 118 16UC1 millimetres or 32FC1 metres.
+Depth goes out as REP 118 16UC1 millimetres or 32FC1 metres. Grey images of a folder go out as
+mono8 whatever ``color_encoding`` says (grey stays grey; both codec backends code mono8).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Dict
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.task import Future
 
 from rgbd_codec_ros import convert
 from rgbd_codec_ros.codec.base import CodecError
@@ -36,7 +39,8 @@ def parameter_specs() -> Dict[str, tuple]:
         "width": (640, d("Synthetic frame width", read_only=True, int_range=(8, 8192))),
         "height": (480, d("Synthetic frame height", read_only=True, int_range=(8, 8192))),
         "seed": (0, d("Synthetic scene seed", read_only=True, int_range=(0, 2**31 - 1))),
-        "color_encoding": ("rgb8", d("Encoding of the colour images", read_only=True,
+        "color_encoding": ("rgb8", d("Encoding of the colour images (grey images of a folder are always "
+                                     "mono8; mono8 turns colour grey)", read_only=True,
                                      choices=convert.COLOR_ENCODINGS)),
         "depth_encoding": ("16UC1", d("Encoding of the depth images (16UC1 millimetres, 32FC1 metres)",
                                       read_only=True, choices=convert.DEPTH_ENCODINGS)),
@@ -47,8 +51,9 @@ def parameter_specs() -> Dict[str, tuple]:
                                                            "the colour frame by default)", read_only=True)),
         "depth_stamp_offset": (0.0, d("Seconds added to the depth stamps (to exercise approximate-time "
                                       "pairing)", read_only=True, float_range=(-1.0, 1.0))),
-        "focal_length": (0.0, d("Focal length in pixels for camera_info of a folder; 0 = 525 scaled "
-                                "to the width", read_only=True, float_range=(0.0, 100000.0))),
+        "focal_length": (0.0, d("Focal length in pixels for camera_info of a folder; 0 = the camera "
+                                "matrix of its meta.json, else 525 scaled to the width", read_only=True,
+                                float_range=(0.0, 100000.0))),
         "wait_for_subscribers": (0, d("Start only once color/ and depth/image_raw have this many subscribers "
                                       "(so the first frames are not sent to nobody); 0 = start at once",
                                       read_only=True, int_range=(0, 1000))),
@@ -70,7 +75,7 @@ class PlayerNode(Node):
         try:
             self._source = open_source(p["source"], width=p["width"], height=p["height"], seed=p["seed"],
                                        fps=p["rate"], depth_scale_per_m=p["depth_scale_per_m"] or None)
-        except (CodecError, FileNotFoundError) as exc:
+        except CodecError as exc:    # a DatasetError (bad folder) is one
             raise common.StartupError(f"source {p['source']!r}: {exc}") from exc
         qos = common.qos_profile(p["qos"], p["qos_depth"])
         self._pub_color = self.create_publisher(Image, "color/image_raw", qos)
@@ -78,6 +83,9 @@ class PlayerNode(Node):
         self._pub_color_info = self.create_publisher(CameraInfo, "color/camera_info", qos)
         self._pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", qos)
         self.index = 0
+        #: completed (with the exit code) when the data is done; run_node spins until then
+        self.finished = Future()
+        self._said_grey = False
         self._timer = self.create_timer(1.0 / p["rate"], self._tick)
         self.get_logger().info(
             f"playing {p['source']} at {p['rate']:g} Hz as {p['color_encoding']} + {p['depth_encoding']} "
@@ -89,10 +97,11 @@ class PlayerNode(Node):
         info.header.frame_id = frame_id
         info.width, info.height = width, height
         intr = getattr(self._source, "intrinsics", None)
-        if intr is not None and (intr.width, intr.height) == (width, height):
+        focal = self._params["focal_length"] if self._params["source"] != "synthetic" else 0.0
+        if not focal and intr is not None and (intr.width, intr.height) == (width, height):
             fx, fy, cx, cy = intr.fx, intr.fy, intr.cx, intr.cy
         else:
-            fx = fy = self._params["focal_length"] or 525.0 * width / 640.0
+            fx = fy = focal or 525.0 * width / 640.0
             cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
         info.distortion_model = "plumb_bob"
         info.d = [0.0] * 5
@@ -113,18 +122,29 @@ class PlayerNode(Node):
                                               self._pub_depth.get_subscription_count()) < wanted:
             return
         if self._done():
-            self.get_logger().info(f"published {self.index} frames; done")
             self._timer.cancel()
-            raise SystemExit(0)  # ends spin; run_node cleans up
+            # a reliable subscriber may not have acknowledged the last frame yet, and a publisher
+            # that goes away takes its unacknowledged messages with it
+            for pub in (self._pub_color_info, self._pub_depth_info, self._pub_color, self._pub_depth):
+                pub.wait_for_all_acked(_duration(2.0))
+            self.get_logger().info(f"published {self.index} frames; done")
+            self.finished.set_result(0)  # ends run_node's spin, which cleans up
+            return
         p = self._params
         try:
-            rgb, depth_units = self._source.frame(self.index)
+            color_units, depth_units = self._source.frame(self.index)
         except CodecError as exc:
             self.get_logger().error(f"frame {self.index} skipped: {exc}")
             self.index += 1
             return
-        color_arr = convert.color_from_codec(rgb if p["color_encoding"] != "mono8" else _grey(rgb),
-                                             p["color_encoding"])
+        color_encoding = "mono8" if color_units.ndim == 2 else p["color_encoding"]
+        if color_units.ndim == 2 and p["color_encoding"] != "mono8" and not self._said_grey:
+            self._said_grey = True
+            self.get_logger().info(f"the source's colour is grey: publishing mono8 (color_encoding "
+                                   f"{p['color_encoding']!r} applies to colour images)")
+        color_arr = convert.color_from_codec(
+            _grey(color_units) if color_encoding == "mono8" and color_units.ndim == 3 else color_units,
+            color_encoding)
         scale = self._source.depth_scale_per_m
         if p["depth_encoding"] == "32FC1":
             depth_arr = np.where(depth_units > 0, depth_units / np.float32(scale), np.nan).astype(np.float32)
@@ -136,7 +156,7 @@ class PlayerNode(Node):
         now = self.get_clock().now()
         stamp = now.to_msg()
         depth_stamp = (now + _duration(p["depth_stamp_offset"])).to_msg()
-        color = convert.fill_image(Image(), color_arr, p["color_encoding"])
+        color = convert.fill_image(Image(), color_arr, color_encoding)
         color.header.stamp, color.header.frame_id = stamp, p["color_frame_id"]
         depth = convert.fill_image(Image(), depth_arr, p["depth_encoding"])
         depth.header.stamp, depth.header.frame_id = depth_stamp, p["depth_frame_id"]

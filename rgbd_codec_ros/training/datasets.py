@@ -5,7 +5,8 @@ Formats (``discover`` recognises them by layout; see docs/training.md):
 ``folder``
     The project's layout (as in ``../shared/data/rgbd/<source>/``): ``color/<id>.png|.jpg``,
     ``depth/<id>.png`` (16-bit, 0 = invalid), ``meta.json`` with ``depth_scale_per_m``
-    (units per metre; 1000 if the file is missing), optional ``index.csv`` (id,color,depth).
+    (units per metre; 1000 if the file is missing), optional ``index.csv`` (id,color,depth),
+    read by ``rgbd_codec_ros.dataset_folder`` (docs/folder_format.md).
     A directory whose sub-directories are such folders gives one source per sub-directory.
 ``nyu``
     NYU Depth v2 ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5, read with h5py).
@@ -25,7 +26,8 @@ Formats (``discover`` recognises them by layout; see docs/training.md):
     & 0xFFFF)``, metres = mm / 1000. The toolbox's extra clip at 8 m is not applied (the model's
     fixed depth range clips instead). One source per first-level sub-directory (``sun/kv1``, ...).
 
-Every loader returns colour as uint8 H x W x 3 and depth either as uint16 with a scale
+Every loader returns colour as uint8 H x W x 3 (a grey image's channel repeated: the model
+codes three channels) and depth either as uint16 with a scale
 (units per metre) or float32 metres; 0 / NaN / non-finite = no measurement.
 For training the depth is converted to metres, divided by the model's fixed ``depth_range_m``
 and clipped to [0, 1]; holes are filled as the learned backend fills them before coding, and
@@ -33,23 +35,22 @@ a validity mask (1 = measured and within the range) is returned alongside for th
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import fnmatch
-import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+# DatasetError is this module's error type too (discovery, splits, weights)
+from rgbd_codec_ros.dataset_folder import (
+    COLOR_SUFFIXES, DatasetError, DatasetFolder, PairFiles, is_dataset_folder, read_pair)
+
+IMAGE_EXTS = COLOR_SUFFIXES
 TUM_DEPTH_SCALE = 5000.0
 SUN_DEPTH_SCALE = 1000.0
-
-
-class DatasetError(ValueError):
-    """A data path or file that cannot be used; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -88,36 +89,9 @@ class RawPair:
 
 
 # --------------------------------------------------------------------------- image reading
-def _imread(path: str) -> np.ndarray:
-    import imagecodecs
-    try:
-        return np.asarray(imagecodecs.imread(path))
-    except Exception as exc:  # imagecodecs raises several codec-specific types
-        raise DatasetError(f"cannot read image {path}: {exc}") from exc
-
-
-def _as_rgb8(img: np.ndarray, path: str) -> np.ndarray:
-    if img.dtype != np.uint8:
-        raise DatasetError(f"colour image {path} is {img.dtype}; expected 8-bit")
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]
-    elif img.ndim == 3 and img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise DatasetError(f"colour image {path} has shape {img.shape}; expected HxWx3")
-    return np.ascontiguousarray(img)
-
-
-def _read_depth16(path: str) -> np.ndarray:
-    d = _imread(path)
-    if d.ndim == 3 and d.shape[2] == 1:
-        d = d[:, :, 0]
-    if d.dtype != np.uint16 or d.ndim != 2:
-        raise DatasetError(f"depth image {path} is {d.dtype} {d.shape}; expected a 16-bit "
-                           "single-channel PNG")
-    return d
+def _as_rgb(color: np.ndarray) -> np.ndarray:
+    """The model's three channels: a grey image (which the folder reader keeps grey) repeated."""
+    return np.ascontiguousarray(np.repeat(color[:, :, None], 3, axis=2)) if color.ndim == 2 else color
 
 
 def sun_depth_to_mm(v: np.ndarray) -> np.ndarray:
@@ -158,13 +132,10 @@ def load_raw(ref: PairRef) -> RawPair:
         color = np.ascontiguousarray(np.transpose(img, (2, 1, 0))).astype(np.uint8)
         depth = np.ascontiguousarray(dep.T).astype(np.float32)
         return RawPair(color, depth, 1.0)
-    color = _as_rgb8(_imread(ref.color), ref.color)
-    depth = _read_depth16(ref.depth)
+    color, depth = read_pair(PairFiles(f"{ref.source}/{ref.image_id}", Path(ref.color), Path(ref.depth)))
+    color = _as_rgb(color)
     if ref.kind == "sun":
         depth = sun_depth_to_mm(depth)
-    if color.shape[:2] != depth.shape:
-        raise DatasetError(f"{ref.source}/{ref.image_id}: colour {color.shape[1]}x{color.shape[0]} "
-                           f"and depth {depth.shape[1]}x{depth.shape[0]} differ in size")
     return RawPair(color, depth, ref.depth_scale_per_m)
 
 
@@ -178,10 +149,6 @@ def _list_images(folder: str, exts=IMAGE_EXTS) -> Dict[str, str]:
     return out
 
 
-def _is_folder_source(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "color")) and os.path.isdir(os.path.join(path, "depth"))
-
-
 def _is_tum(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "rgb.txt")) and os.path.isfile(os.path.join(path, "depth.txt"))
 
@@ -189,39 +156,10 @@ def _is_tum(path: str) -> bool:
 def load_folder_source(path: str, name: Optional[str] = None) -> Source:
     path = os.path.normpath(path)
     name = name or os.path.basename(path)
-    meta: Dict = {}
-    meta_path = os.path.join(path, "meta.json")
-    if os.path.isfile(meta_path):
-        try:
-            with open(meta_path) as fh:
-                meta = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DatasetError(f"{meta_path} is not valid JSON: {exc}") from exc
-    scale = float(meta.get("depth_scale_per_m", 1000.0))
-    if not np.isfinite(scale) or scale <= 0:
-        raise DatasetError(f"{meta_path}: depth_scale_per_m must be > 0, got {scale}")
-    pairs: List[PairRef] = []
-    index_path = os.path.join(path, "index.csv")
-    if os.path.isfile(index_path):
-        with open(index_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        for row in rows:
-            if not {"id", "color", "depth"} <= set(row):
-                raise DatasetError(f"{index_path}: needs columns id,color,depth")
-            pairs.append(PairRef(name, row["id"], "folder", os.path.join(path, row["color"]),
-                                 os.path.join(path, row["depth"]), -1, scale))
-    else:
-        colors = _list_images(os.path.join(path, "color"))
-        depths = _list_images(os.path.join(path, "depth"), (".png",))
-        for stem in sorted(set(colors) & set(depths)):
-            pairs.append(PairRef(name, stem, "folder", colors[stem], depths[stem], -1, scale))
-    for p in pairs[:1]:
-        for f in (p.color, p.depth):
-            if not os.path.isfile(f):
-                raise DatasetError(f"{name}: listed file {f} does not exist")
-    if not pairs:
-        raise DatasetError(f"{path}: no colour/depth pairs (color/<id>.png|jpg with depth/<id>.png)")
-    return Source(name, "folder", path, pairs, meta)
+    folder = DatasetFolder(path)
+    scale = folder.depth_scale_per_m
+    pairs = [PairRef(name, p.id, "folder", str(p.color), str(p.depth), -1, scale) for p in folder.pairs]
+    return Source(name, "folder", path, pairs, folder.meta)
 
 
 def _read_tum_list(path: str) -> List[Tuple[float, str]]:
@@ -348,15 +286,15 @@ def detect_sources(path: str, max_dt: float = 0.02) -> List[Source]:
         if path.lower().endswith(".mat"):
             return [load_nyu_source(path)]
         raise DatasetError(f"{path}: a data file must be an NYU Depth v2 labeled .mat")
-    if _is_folder_source(path):
+    if is_dataset_folder(path):
         return [load_folder_source(path)]
     if _is_tum(path):
         return [load_tum_source(path, max_dt=max_dt)]
     subs = _sub_dirs(path)
-    if subs and any(_is_folder_source(s) or _is_tum(s) for s in subs):
+    if subs and any(is_dataset_folder(s) or _is_tum(s) for s in subs):
         out = []
         for s in subs:
-            if _is_folder_source(s):
+            if is_dataset_folder(s):
                 out.append(load_folder_source(s))
             elif _is_tum(s):
                 out.append(load_tum_source(s, max_dt=max_dt))

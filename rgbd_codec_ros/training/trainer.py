@@ -452,13 +452,22 @@ class Trainer:
             finished, meta = load_model(path)
         except Exception as exc:
             raise TrainError(f"--init-weights {path}: not readable as finished weights ({exc})") from exc
+        embedded = finished.variant == "separate" and self.cfg.variant != "separate"
         try:
-            self.model.load_trainable_state(finished)
+            if embedded:
+                # the cross-modal model contains the separate one: start from exactly its function
+                from .variant_init import embed_separate
+                embed_separate(self.model, finished)
+                self.model.frozen = False
+            else:
+                self.model.load_trainable_state(finished)
         except ValueError as exc:
             raise TrainError(f"--init-weights {path} ({meta['model_id']}) does not fit --preset "
                              f"{self.cfg.preset} --variant {self.cfg.variant}: {exc}") from exc
         if self.is_main:
-            print(f"initialised from {meta['model_id']} ({meta.get('steps')} steps)", file=sys.stderr)
+            how = (f", embedded in {self.cfg.variant}: cross-modal paths start at zero weight"
+                   if embedded else "")
+            print(f"initialised from {meta['model_id']} ({meta.get('steps')} steps{how})", file=sys.stderr)
 
     def _resume(self, spec: str) -> None:
         path = spec

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from ..base import (LEARNED_DEFAULT_MAX_PIXELS, CodecBackend, CodecError, EncodedRGBD, RGBDFrame,
-                    check_frame_size, check_max_pixels, register_backend)
+                    check_frame_size, check_max_pixels, check_options, register_backend)
 from . import bitstream as bs
 from .depth import (decode_far_depth, decode_mask, depth_to_metres, encode_far_depth, encode_mask, fill_holes,
                     far_step, normalise, restore_depth)
 from .model import PAD_MULTIPLE, LatentMismatch, RGBDCompressionModel, load_model
 from .runtime import RUNTIMES, RuntimeUnavailable, make_runtime
+from .schema import MAX_THREADS, OPTION_SCHEMA
 from .weights_check import WeightsError
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
@@ -24,8 +25,6 @@ MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file
 #: `weights=lite` selects the joint one
 DEFAULT_WEIGHTS = "lite-separate.pt"
 MIN_SIZE = 128   # Bi-CPT needs ~15 px at 1/8 scale
-#: CPU threads a backend may ask torch for (torch's setting is process-wide)
-MAX_THREADS = 64
 #: a rANS stream of compressai's coder is whole 32-bit words, at least its 64-bit final state
 RANS_MIN_BYTES = 8
 RANS_WORD = 4
@@ -125,11 +124,20 @@ class LearnedBackend(CodecBackend):
     """
 
     name = "learned"
+    #: the options and their ranges (schema.py: readable without importing torch)
+    option_schema = OPTION_SCHEMA
+    #: what ``configure`` takes on a running backend; the other options only a new backend takes
+    LIVE_OPTIONS = tuple(spec.name for spec in OPTION_SCHEMA if spec.live)
 
     def __init__(self, weights: Optional[str] = None, quality: float = 1, device: str = "auto",
                  threads: int = 0, model: Optional[RGBDCompressionModel] = None,
                  model_id: Optional[str] = None, model_path: str = "", pixel_exact: bool = True,
                  max_pixels: int = LEARNED_DEFAULT_MAX_PIXELS, runtime: str = "auto"):
+        given = dict(device=device, threads=threads, model_path=model_path, pixel_exact=pixel_exact,
+                     max_pixels=max_pixels, runtime=runtime)
+        if weights is not None:
+            given["weights"] = weights
+        check_options(OPTION_SCHEMA, given, self.name)  # names, types, ranges, before any file is read
         self._device = resolve_device(device)
         threads = check_threads(threads)
         self._max_pixels = check_max_pixels(max_pixels)
@@ -194,6 +202,11 @@ class LearnedBackend(CodecBackend):
         return self._model
 
     def configure(self, **options: Any) -> None:
+        checked = check_options(OPTION_SCHEMA, options, self.name)  # names, types, ranges
+        for key in checked:
+            if key not in self.LIVE_OPTIONS:
+                raise CodecError(f"{key} is fixed when the learned backend is made; a running one takes "
+                                 f"{', '.join(self.LIVE_OPTIONS)}")
         for key, value in options.items():
             if key == "quality":
                 try:
