@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import NodeProcess, Probe, load_real_pairs, make_image, reliable_qos, unique_namespace
+from ros_param_helpers import param_value
 from learned_fixtures import TRAINED_TINY
 from test_ros_pipeline import compressed_msg
 
@@ -32,19 +33,6 @@ SHIPPED_WEIGHTS = "lite-separate.pt"
 # ---------------------------------------------------------------------------- helpers
 
 
-def param_value(value):
-    from rcl_interfaces.msg import ParameterType, ParameterValue
-
-    pv = ParameterValue()
-    if isinstance(value, bool):
-        pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, value
-    elif isinstance(value, int):
-        pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, value
-    elif isinstance(value, float):
-        pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
-    else:
-        pv.type, pv.string_value = ParameterType.PARAMETER_STRING, value
-    return pv
 
 
 class Params:

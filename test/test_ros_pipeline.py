@@ -22,6 +22,7 @@ import pytest
 
 from conftest import (NodeProcess, Probe, load_real_pairs, make_image, psnr, reliable_qos,
                       unique_namespace)
+from ros_param_helpers import param_msg
 
 pytestmark = pytest.mark.ros  # starts rclpy nodes / uses DDS
 
@@ -386,7 +387,6 @@ def test_diagnostics_report_traffic(pipeline, data_dir):
 
 def test_live_codec_options(pipeline, data_dir):
     """codec_options changes between frames; bad values are refused with a reason."""
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
     node = pipeline.probe.node
@@ -397,16 +397,7 @@ def test_live_codec_options(pipeline, data_dir):
         def set_params(**values):
             req = SetParameters.Request()
             for name, value in values.items():
-                pv = ParameterValue()
-                if isinstance(value, bool):
-                    pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, value
-                elif isinstance(value, int):
-                    pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, value
-                elif isinstance(value, float):
-                    pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
-                else:
-                    pv.type, pv.string_value = ParameterType.PARAMETER_STRING, value
-                req.parameters.append(Parameter(name=name, value=pv))
+                req.parameters.append(param_msg(name, value))
             future = client.call_async(req)
             assert pipeline.probe.spin_until(future.done, 60)
             return future.result().results

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import load_real_pairs, make_image, reliable_qos, unique_namespace
 
+from ros_param_helpers import param_msg
 from rgbd_codec_ros.codec.base import CodecError, check_options, option_schema
 from rgbd_codec_ros.codec.classical import DEFAULTS, ClassicalBackend
 from rgbd_codec_ros.ros.options import parse_codec_options
@@ -62,21 +63,6 @@ def test_learned_schema_reads_without_torch_and_types_the_shorthand():
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def param_msg(name: str, value):
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-
-    pv = ParameterValue()
-    if isinstance(value, bool):
-        pv.type, pv.bool_value = ParameterType.PARAMETER_BOOL, value
-    elif isinstance(value, int):
-        pv.type, pv.integer_value = ParameterType.PARAMETER_INTEGER, value
-    elif isinstance(value, float):
-        pv.type, pv.double_value = ParameterType.PARAMETER_DOUBLE, value
-    else:
-        pv.type, pv.string_value = ParameterType.PARAMETER_STRING, value
-    return Parameter(name=name, value=pv)
 
 
 class ParamServices:
