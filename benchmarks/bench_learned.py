@@ -4,13 +4,14 @@ count and frame size, with the stages (transforms, entropy parameters, rANS, mas
 with a busy process on one core (``--load``).
 
     python benchmarks/bench_learned.py [--weights lite] [--runtimes torch,onnxruntime]
-        [--threads 1,2] [--sizes 640x480,320x240] [--kernels auto,reference] [--load]
+        [--threads 1,2] [--sizes 640x480,320x240] [--kernels auto,int8,reference] [--load]
         [--repeat 3] [--device cpu|cuda] [--fast-synthesis]
     python benchmarks/bench_learned.py --presets tiny,lite,paper    # parameters, MACs, untrained presets
 
 Frames: real pairs of three sensors (640x480; 320x240 is every other pixel of them). Figures
 are medians over ``--repeat`` rounds after one warm-up round. ``--kernels reference`` times the
-exact entropy path with the float64 ``F.conv2d`` it used before (exact_conv.py). ``--load``
+exact entropy path with the float64 ``F.conv2d`` it used before (exact_conv.py), ``int8`` with the
+int8 digits wherever they apply, ``auto`` with what this process measured faster (printed). ``--load``
 starts one busy-looping process for the whole run: it says how the codec behaves when
 something else keeps a core busy, as on a robot. Nothing here is asserted; it prints.
 Set OMP_WAIT_POLICY=PASSIVE (scripts/run_tests.sh does): torch's OpenMP threads otherwise spin,
@@ -31,7 +32,8 @@ from rgbd_codec_ros.codec.base import RGBDFrame
 from rgbd_codec_ros.codec.learned import backend as backend_mod
 from rgbd_codec_ros.codec.learned.backend import LearnedBackend, resolve_weights
 from rgbd_codec_ros.codec.learned.exact_conv import exact_kernel
-from rgbd_codec_ros.codec.learned.model import build_model, load_model
+from rgbd_codec_ros.codec.learned.model import build_model
+from rgbd_codec_ros.codec.learned.weights_io import load_model
 from rgbd_codec_ros.codec.learned.runtime import onnxruntime_available
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "rgbd")
@@ -245,11 +247,14 @@ def main():
     ap.add_argument("--runtimes", default="torch,onnxruntime")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--sizes", default="640x480,320x240")
-    ap.add_argument("--kernels", default="auto", help="exact entropy-path kernels: auto,reference")
+    ap.add_argument("--kernels", default="auto", help="exact entropy-path kernels: auto,int8,reference")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--load", action="store_true", help="keep one core busy with another process meanwhile")
     ap.add_argument("--fast-synthesis", action="store_true", help="pixel_exact=false (multi-threaded g_s)")
     args = ap.parse_args()
+    from rgbd_codec_ros.codec.learned.exact_conv import kernel_choice
+    print(f"exact kernel chosen by auto on this CPU ({torch.backends.cpu.get_cpu_capability()}): "
+          f"{kernel_choice()}", flush=True)
     if args.presets:
         presets_table(args)
     else:

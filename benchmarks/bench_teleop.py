@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("RGBD_DATA_DIR", REPO / ".." / "shared" / "data" / "rgbd"))
@@ -75,13 +75,50 @@ def _f(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
+def add_common_args(p: argparse.ArgumentParser, sources: List[str], contenders, length_option: str,
+                  length_help: str) -> None:
+    """What both teleoperation benchmarks take first: the grid they sweep (--sources, --budgets,
+    --contenders), how long a run is (``length_option``) and the camera rate."""
+    p.add_argument("--sources", nargs="+", default=sources)
+    p.add_argument("--budgets", nargs="+", type=float, default=[500, 1000, 2000, 5000])
+    p.add_argument("--contenders", nargs="+", default=list(contenders), choices=list(contenders))
+    p.add_argument(length_option, type=float, default=20.0, help=length_help)
+    p.add_argument("--rate", type=float, default=10.0, help="camera rate, Hz (default 10)")
+
+
+def run_grid(args, run_case: Callable[[str, float, str], dict]) -> int:
+    """``run_case(source, budget, contender)``, which prints its row and returns its result, for
+    every case of the grid, in order; all the results as JSON to --json."""
+    results = [run_case(source, budget, contender)
+               for source in args.sources for budget in args.budgets for contender in args.contenders]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _case(args, log_root: Path, source: str, budget: float, contender: str) -> dict:
+    r = run_one(source, budget, contender, args.duration, args.rate, log_root, args.depth_share)
+    row = {"source": source, "budget_kbps": budget, "contender": contender, **r}
+    if "error" in r:
+        print(f"{source:26s} {budget:6.0f} {contender:13s} failed: {r['error'][-200:]}", flush=True)
+        return row
+    note = []
+    if r["fps"] < 0.9 * args.rate:
+        note.append(f"cannot keep up with {args.rate:g} Hz")
+    if r["kbps_max_1s"] > 1.1 * budget:
+        note.append("over budget")
+    print(f"{source:26s} {budget:6.0f} {contender:13s} {r['fps']:5.1f} {_f(r['latency_ms_p50'], '6.0f')} "
+          f"{_f(r['latency_ms_p95'], '6.0f')} {_f(r['rgb_psnr_db'], '5.1f')} "
+          f"{_f(r['depth_rmse_mm'], '6.1f')} {_f(r['depth_max_err_mm'], '6.0f')} "
+          f"{r['kbps_mean']:6.0f} {r['kbps_max_1s']:6.0f}  load {r['load_avg_1min'][0]:.1f}-"
+          f"{r['load_avg_1min'][1]:.1f} {'; '.join(note)}", flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sources", nargs="+", default=["realsense_d4xx_visp_rbt", "synthetic"])
-    p.add_argument("--budgets", nargs="+", type=float, default=[500, 1000, 2000, 5000])
-    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
-    p.add_argument("--duration", type=float, default=20.0, help="seconds measured per run (default 20)")
-    p.add_argument("--rate", type=float, default=10.0, help="camera rate, Hz (default 10)")
+    add_common_args(p, ["realsense_d4xx_visp_rbt", "synthetic"], CONTENDERS,
+                  "--duration", "seconds measured per run (default 20)")
     p.add_argument("--depth-share", type=float, default=None,
                    help="depth_share of the rate-controlled contenders (default: each contender's own)")
     p.add_argument("--json", default=None, help="write all results here")
@@ -92,28 +129,7 @@ def main(argv=None) -> int:
     header = (f"{'source':26s} {'budget':>6s} {'contender':13s} {'fps':>5s} {'p50ms':>6s} {'p95ms':>6s} "
               f"{'PSNR':>5s} {'dRMSE':>6s} {'dMAX':>6s} {'kbps':>6s} {'max1s':>6s}  note")
     print(header + "\n" + "-" * len(header), flush=True)
-    results = []
-    for source in args.sources:
-        for budget in args.budgets:
-            for contender in args.contenders:
-                r = run_one(source, budget, contender, args.duration, args.rate, log_root, args.depth_share)
-                results.append({"source": source, "budget_kbps": budget, "contender": contender, **r})
-                if "error" in r:
-                    print(f"{source:26s} {budget:6.0f} {contender:13s} failed: {r['error'][-200:]}", flush=True)
-                    continue
-                note = []
-                if r["fps"] < 0.9 * args.rate:
-                    note.append(f"cannot keep up with {args.rate:g} Hz")
-                if r["kbps_max_1s"] > 1.1 * budget:
-                    note.append("over budget")
-                print(f"{source:26s} {budget:6.0f} {contender:13s} {r['fps']:5.1f} {_f(r['latency_ms_p50'], '6.0f')} "
-                      f"{_f(r['latency_ms_p95'], '6.0f')} {_f(r['rgb_psnr_db'], '5.1f')} "
-                      f"{_f(r['depth_rmse_mm'], '6.1f')} {_f(r['depth_max_err_mm'], '6.0f')} "
-                      f"{r['kbps_mean']:6.0f} {r['kbps_max_1s']:6.0f}  load {r['load_avg_1min'][0]:.1f}-"
-                      f"{r['load_avg_1min'][1]:.1f} {'; '.join(note)}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    return 0
+    return run_grid(args, lambda source, budget, contender: _case(args, log_root, source, budget, contender))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ per frame (``time.process_time``; pessimistic on a shared machine, see ``--help`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -35,6 +34,8 @@ from rgbd_codec_ros.codec.base import MissingReference, RGBDFrame  # noqa: E402
 from rgbd_codec_ros.codec import video  # noqa: E402
 from rgbd_codec_ros.codec.classical import ClassicalBackend  # noqa: E402
 from rgbd_codec_ros.ros.sources import open_source  # noqa: E402
+
+from bench_teleop import add_common_args, run_grid  # noqa: E402  (this folder: the shared arguments and grid)
 
 DATA = Path(os.environ.get("RGBD_DATA_DIR", REPO / ".." / "shared" / "data" / "rgbd"))
 if not DATA.is_dir():
@@ -121,13 +122,20 @@ def simulate(source: str, budget: float, contender: str, seconds: float, rate: f
             "vbv_s": video.VBV_SECONDS if video_on else None}
 
 
+def _case(args, source: str, budget: float, contender: str) -> dict:
+    r = simulate(source, budget, contender, args.seconds, args.rate, args.loss, args.depth_share)
+    r.update(source=source, budget_kbps=budget, contender=contender,
+             load_avg_1min=round(os.getloadavg()[0], 2))
+    print(f"{source:26s} {budget:6.0f} {contender:15s} {r['fps']:5.1f} {r['rgb_psnr_db']:5.1f} "
+          f"{r['depth_rmse_mm']:6.1f} {r['kbps_mean']:6.0f} {r['kbps_max_1s']:6.0f} "
+          f"{r['skipped']:4d} {r['encode_cpu_ms']:6.1f} {r['decode_cpu_ms']:6.1f}", flush=True)
+    return r
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sources", nargs="+", default=["realsense_d4xx_visp_rbt", "realsense_d435_taeyoung"])
-    p.add_argument("--budgets", nargs="+", type=float, default=[500, 1000, 2000, 5000])
-    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
-    p.add_argument("--seconds", type=float, default=20.0, help="virtual seconds per run (default 20)")
-    p.add_argument("--rate", type=float, default=10.0, help="camera rate, Hz (default 10)")
+    add_common_args(p, ["realsense_d4xx_visp_rbt", "realsense_d435_taeyoung"], CONTENDERS,
+                  "--seconds", "virtual seconds per run (default 20)")
     p.add_argument("--loss", type=float, default=1.0, help="random loss on the link, percent (default 1)")
     p.add_argument("--depth-share", type=float, default=None, help="override each contender's depth_share")
     p.add_argument("--vbv", type=float, default=None,
@@ -140,20 +148,7 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f} (CPU times are per frame, on this machine)", flush=True)
     print(f"{'source':26s} {'budget':>6s} {'contender':15s} {'fps':>5s} {'PSNR':>5s} {'dRMSE':>6s} "
           f"{'kbps':>6s} {'max1s':>6s} {'skip':>4s} {'encms':>6s} {'decms':>6s}", flush=True)
-    results = []
-    for source in args.sources:
-        for budget in args.budgets:
-            for contender in args.contenders:
-                r = simulate(source, budget, contender, args.seconds, args.rate, args.loss, args.depth_share)
-                r.update(source=source, budget_kbps=budget, contender=contender,
-                         load_avg_1min=round(os.getloadavg()[0], 2))
-                results.append(r)
-                print(f"{source:26s} {budget:6.0f} {contender:15s} {r['fps']:5.1f} {r['rgb_psnr_db']:5.1f} "
-                      f"{r['depth_rmse_mm']:6.1f} {r['kbps_mean']:6.0f} {r['kbps_max_1s']:6.0f} "
-                      f"{r['skipped']:4d} {r['encode_cpu_ms']:6.1f} {r['decode_cpu_ms']:6.1f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    return 0
+    return run_grid(args, lambda source, budget, contender: _case(args, source, budget, contender))
 
 
 if __name__ == "__main__":

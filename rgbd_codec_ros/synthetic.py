@@ -88,6 +88,40 @@ def _hash01(a: np.ndarray, b: np.ndarray, salt: int) -> np.ndarray:
     return ((h ^ (h >> 16)) & 0xFFFF).astype(np.float32) / 65536.0
 
 
+def _ball_pattern(normals: np.ndarray, material: str, time_s: float) -> np.ndarray:
+    """Albedo (Nx3) of ball points with these outward ``normals``: a latitude/longitude checker that
+    rotates with time, so motion is visible."""
+    lon = np.arctan2(normals[:, 0], normals[:, 2]) + 1.5 * time_s
+    lat = np.arcsin(np.clip(normals[:, 1], -1, 1))
+    check = (np.floor(lon * 4 / math.pi) + np.floor(lat * 4 / math.pi)).astype(np.int64) % 2
+    base = np.array([0.85, 0.2, 0.15] if material == "shiny" else [0.2, 0.45, 0.9], np.float32)
+    return np.where(check[:, None] == 0, base, base * 0.45 + 0.3)
+
+
+def _specular(points: np.ndarray, view: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Blinn-Phong highlight strength (N, 0..1) of the light at ``points`` seen along ``view``."""
+    to_light = _LIGHT - points
+    to_light /= np.linalg.norm(to_light, axis=1, keepdims=True)
+    half_vec = to_light + view
+    half_vec /= np.linalg.norm(half_vec, axis=1, keepdims=True)
+    return np.clip(np.sum(half_vec * normals, axis=1), 0, 1) ** 60
+
+
+def _cube_entry(origin: np.ndarray, rays: np.ndarray, half: float):
+    """Where rays from ``origin`` enter the axis-aligned cube of half-side ``half`` (slab test):
+    (entry distance, axis of the entry face, whether the ray enters it in front of the origin)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / rays
+        t1 = (-half - origin) * inv
+        t2 = (half - origin) * inv
+    t_near = np.minimum(t1, t2)
+    t_far = np.maximum(t1, t2)
+    t_enter = np.nanmax(t_near, axis=-1)
+    t_exit = np.nanmin(t_far, axis=-1)
+    face = np.nanargmax(t_near, axis=-1)
+    return t_enter, face, (t_enter < t_exit) & (t_enter > 0)
+
+
 class SyntheticSequence:
     """Colour + depth frames of the procedural room; ``frame(i)`` -> (RGB uint8 HxWx3, depth uint16 mm)."""
 
@@ -270,89 +304,87 @@ class SyntheticSequence:
         if index < 0:
             raise ValueError(f"frame index must be >= 0, got {index}")
         time_s = index / self.fps
+        # range along each ray, lit colour (0..255 float) and depth-invisible flags: the room,
+        # then every moving object drawn over it where it is nearer
         t = self._bg_t.copy()
         color = self._bg_color.copy()
         invalid = self._bg_invalid.copy()
         spheres, box = self._objects(time_s)
-
         for center, radius, material in spheres:
-            rect = self._screen_rect(center, radius)
-            if rect is None:
-                continue
-            y0, y1, x0, x1 = rect
-            d = self._rays[y0:y1, x0:x1]
-            b = d @ center
-            disc = b * b - (center @ center - radius * radius)
-            hit = disc > 0
-            th = np.where(hit, b - np.sqrt(np.where(hit, disc, 0)), np.inf)
-            hit &= (th > 0) & (th < t[y0:y1, x0:x1])
-            if not hit.any():
-                continue
-            p = d[hit] * th[hit, None]
-            n = (p - center) / radius
-            # a latitude/longitude pattern that rotates with time, so motion is visible
-            lon = np.arctan2(n[:, 0], n[:, 2]) + 1.5 * time_s
-            lat = np.arcsin(np.clip(n[:, 1], -1, 1))
-            check = (np.floor(lon * 4 / math.pi) + np.floor(lat * 4 / math.pi)).astype(np.int64) % 2
-            base = np.array([0.85, 0.2, 0.15] if material == "shiny" else [0.2, 0.45, 0.9], np.float32)
-            col = np.where(check[:, None] == 0, base, base * 0.45 + 0.3)
-            sh = self._shade(p, n)
-            bad = np.zeros(len(p), dtype=bool)
-            if material == "shiny":  # a specular highlight: saturated colour and no depth
-                to_light = _LIGHT - p
-                to_light /= np.linalg.norm(to_light, axis=1, keepdims=True)
-                view = -d[hit]
-                half_vec = to_light + view
-                half_vec /= np.linalg.norm(half_vec, axis=1, keepdims=True)
-                spec = np.clip(np.sum(half_vec * n, axis=1), 0, 1) ** 60
-                col = col + spec[:, None] * 2.0
-                bad = spec > 0.5
-            sub_t, sub_color, sub_invalid = t[y0:y1, x0:x1], color[y0:y1, x0:x1], invalid[y0:y1, x0:x1]
-            sub_t[hit] = th[hit]
-            sub_color[hit] = col * sh[:, None] * 255.0
-            sub_invalid[hit] = bad
+            self._draw_sphere(center, radius, material, time_s, t, color, invalid)
+        self._draw_box(*box, t, color, invalid)
+        color_offset, depth_offset = np.random.default_rng([self.seed, index]).integers(
+            0, self._noise_extra, 2)
+        return self._sensor_color(color, color_offset), self._sensor_depth(t, invalid, depth_offset)
 
-        center, half, angle = box
+    def _draw_sphere(self, center: np.ndarray, radius: float, material: str, time_s: float,
+                     t: np.ndarray, color: np.ndarray, invalid: np.ndarray) -> None:
+        """Ray-cast one ball into the range, colour and invalid images (in place) where it is nearer."""
+        rect = self._screen_rect(center, radius)
+        if rect is None:
+            return
+        y0, y1, x0, x1 = rect
+        d = self._rays[y0:y1, x0:x1]
+        b = d @ center
+        disc = b * b - (center @ center - radius * radius)
+        hit = disc > 0
+        th = np.where(hit, b - np.sqrt(np.where(hit, disc, 0)), np.inf)
+        hit &= (th > 0) & (th < t[y0:y1, x0:x1])
+        if not hit.any():
+            return
+        p = d[hit] * th[hit, None]
+        n = (p - center) / radius
+        col = _ball_pattern(n, material, time_s)
+        sh = self._shade(p, n)
+        bad = np.zeros(len(p), dtype=bool)
+        if material == "shiny":  # a specular highlight: saturated colour and no depth
+            spec = _specular(p, -d[hit], n)
+            col = col + spec[:, None] * 2.0
+            bad = spec > 0.5
+        sub = (slice(y0, y1), slice(x0, x1))
+        t[sub][hit] = th[hit]
+        color[sub][hit] = col * sh[:, None] * 255.0
+        invalid[sub][hit] = bad
+
+    def _draw_box(self, center: np.ndarray, half: float, angle: float,
+                  t: np.ndarray, color: np.ndarray, invalid: np.ndarray) -> None:
+        """Ray-cast the box (turned ``angle`` about y) into the images (in place) where it is nearer."""
         rect = self._screen_rect(center, half * math.sqrt(3))
-        if rect is not None:
-            y0, y1, x0, x1 = rect
-            ca, sa = math.cos(angle), math.sin(angle)
-            rot = np.array([[ca, 0, sa], [0, 1, 0], [-sa, 0, ca]])  # box -> world, about y
-            d = self._rays[y0:y1, x0:x1] @ rot  # world -> box frame
-            o = -center @ rot
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv = 1.0 / d
-                t1 = (-half - o) * inv
-                t2 = (half - o) * inv
-            t_near = np.minimum(t1, t2)
-            t_far = np.maximum(t1, t2)
-            t_enter = np.nanmax(t_near, axis=-1)
-            t_exit = np.nanmin(t_far, axis=-1)
-            face = np.nanargmax(t_near, axis=-1)
-            hit = (t_enter < t_exit) & (t_enter > 0) & (t_enter < t[y0:y1, x0:x1])
-            if hit.any():
-                p_local = o + d[hit] * t_enter[hit, None]
-                f = face[hit]
-                n_local = np.zeros_like(p_local)
-                n_local[np.arange(len(f)), f] = np.sign(p_local[np.arange(len(f)), f])
-                n_world = n_local @ rot.T
-                p_world = center + p_local @ rot.T
-                # a grid pattern on each face
-                grid = (np.abs(np.mod(p_local * 5, 1.0) - 0.5) > 0.42).any(axis=1)
-                col = np.where(grid[:, None], np.array([0.1, 0.1, 0.1], np.float32),
-                               np.array([0.95, 0.8, 0.2], np.float32))
-                sub = (slice(y0, y1), slice(x0, x1))
-                t[sub][hit] = t_enter[hit]
-                color[sub][hit] = col * self._shade(p_world, n_world)[:, None] * 255.0
-                invalid[sub][hit] = False
+        if rect is None:
+            return
+        y0, y1, x0, x1 = rect
+        ca, sa = math.cos(angle), math.sin(angle)
+        rot = np.array([[ca, 0, sa], [0, 1, 0], [-sa, 0, ca]])  # box -> world, about y
+        d = self._rays[y0:y1, x0:x1] @ rot  # world -> box frame
+        o = -center @ rot
+        t_enter, face, hit = _cube_entry(o, d, half)
+        hit &= t_enter < t[y0:y1, x0:x1]
+        if not hit.any():
+            return
+        p_local = o + d[hit] * t_enter[hit, None]
+        f = face[hit]
+        n_local = np.zeros_like(p_local)
+        n_local[np.arange(len(f)), f] = np.sign(p_local[np.arange(len(f)), f])
+        n_world = n_local @ rot.T
+        p_world = center + p_local @ rot.T
+        # a grid pattern on each face
+        grid = (np.abs(np.mod(p_local * 5, 1.0) - 0.5) > 0.42).any(axis=1)
+        col = np.where(grid[:, None], np.array([0.1, 0.1, 0.1], np.float32),
+                       np.array([0.95, 0.8, 0.2], np.float32))
+        sub = (slice(y0, y1), slice(x0, x1))
+        t[sub][hit] = t_enter[hit]
+        color[sub][hit] = col * self._shade(p_world, n_world)[:, None] * 255.0
+        invalid[sub][hit] = False
 
-        rng = np.random.default_rng([self.seed, index])
-        offsets = rng.integers(0, self._noise_extra, 2)
+    def _sensor_color(self, color: np.ndarray, noise_offset: int) -> np.ndarray:
+        """The camera's uint8 image of the lit colour (modified in place), with its pixel noise."""
         if self.color_noise:  # about one grey level
-            color += self._color_noise[offsets[0]:offsets[0] + color.size].reshape(color.shape)
+            color += self._color_noise[noise_offset:noise_offset + color.size].reshape(color.shape)
         np.clip(color, 0, 255, out=color)
-        color = np.rint(color, out=color).astype(np.uint8)
+        return np.rint(color, out=color).astype(np.uint8)
 
+    def _sensor_depth(self, t: np.ndarray, invalid: np.ndarray, noise_offset: int) -> np.ndarray:
+        """The depth sensor's uint16 millimetres of the ranges ``t``: noise, range limits, holes."""
         z = t * self._cos_to_axis  # optical-axis depth in metres
         if self.depth_noise:
             # Like a structured-light / stereo sensor: noise and quantisation live in
@@ -361,13 +393,12 @@ class SyntheticSequence:
             fb = self.intrinsics.fx * _BASELINE_M
             with np.errstate(divide="ignore", invalid="ignore"):
                 disparity = (fb / z).astype(np.float32)
-                disparity += self._depth_noise[offsets[1]:offsets[1] + z.size].reshape(z.shape)
+                disparity += self._depth_noise[noise_offset:noise_offset + z.size].reshape(z.shape)
                 z = fb / (np.rint(disparity * 8.0) / 8.0)
         invalid |= ~np.isfinite(z) | (z < self.min_range_m) | (z > self.max_range_m)
         invalid |= self._occlusion_shadow(z)
         depth = np.where(invalid, 0.0, np.rint(z * DEPTH_SCALE_PER_M))
-        depth = np.clip(depth, 0, 65535).astype(np.uint16)
-        return color, depth
+        return np.clip(depth, 0, 65535).astype(np.uint16)
 
     @staticmethod
     def _occlusion_shadow(z: np.ndarray, jump_m: float = 0.15, width: int = 3) -> np.ndarray:

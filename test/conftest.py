@@ -264,10 +264,11 @@ def reliable_qos(depth: int = 100):
 def untrained_tiny_weights(tmp_path_factory) -> str:
     import torch
     from rgbd_codec_ros.codec.learned.model import build_model
+    from rgbd_codec_ros.codec.learned.weights_io import export_weights
     torch.manual_seed(1234)
     model = build_model("tiny").eval()
     path = tmp_path_factory.mktemp("weights") / "tiny_untrained.pt"
-    model.export_weights(str(path), {"name": "tiny-untrained"})
+    export_weights(model, str(path), {"name": "tiny-untrained"})
     return str(path)
 
 

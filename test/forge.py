@@ -2,8 +2,9 @@
 hostile-input tests and the subprocesses they start."""
 
 
-def forged(model_id: str, w: int, h: int, section: bytes = b"\0" * 4, **header) -> bytes:
-    """A learned-codec frame (imported here: the classical tests need no torch)."""
+def forged(model_id: str, w: int, h: int, section: bytes = b"\0" * 4, version: int = 0, **header) -> bytes:
+    """A learned-codec frame in format ``version`` (0: the current one; imported here: the
+    classical tests need no torch)."""
     from rgbd_codec_ros.codec.learned import bitstream as bs
     from rgbd_codec_ros.codec.learned.backend import padded_size
 
@@ -14,7 +15,7 @@ def forged(model_id: str, w: int, h: int, section: bytes = b"\0" * 4, **header) 
     fields.update(header)
     sections = {n: section for n in bs.SECTIONS}
     sections.update(hole_mask=b"\0", clipped_mask=b"\0", far_depth=b"")
-    return bs.pack(bs.LearnedFrameHeader(**fields), sections)
+    return bs.pack(bs.LearnedFrameHeader(**fields), sections, version=version or bs.VERSION)
 
 
 def jxl_size_header(width: int, height: int) -> bytes:

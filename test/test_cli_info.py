@@ -41,3 +41,26 @@ def test_info_shows_keyframes_and_sequence_of_an_h264_stream(tmp_path, data_dir)
     (tmp_path / "bad.rgbd").write_bytes(bytes(damaged))
     rc, _, err = run_cli("info", tmp_path / "bad.rgbd")
     assert rc != 0 and "corrupted" in err and len(err.strip().splitlines()) == 1
+
+
+def test_info_reads_learned_payloads_of_the_old_and_the_current_format(tmp_path):
+    """A recorded format-2 payload (magic RGBDL) and the same frame as format 3 (container
+    framing, magic RDLN): info names each one's own format and passes both through the checks."""
+    from pathlib import Path
+
+    from rgbd_codec_ros.codec.learned import bitstream as bs
+
+    old_path = Path(__file__).resolve().parent / "data" / "learned_v2_tiny.rgbd"
+    new_path = tmp_path / "v3.rgbd"
+    new_path.write_bytes(bs.pack(*bs.unpack(old_path.read_bytes())))
+    for path, version in ((old_path, 2), (new_path, 3)):
+        rc, out, err = run_cli("info", path)
+        assert rc == 0, err
+        assert f"learned codec payload, format {version}, {path.stat().st_size} bytes" in out
+        assert "model_id: tiny-test@" in out and "section far_depth: 165 bytes" in out
+        assert "header checks: pass" in out
+    damaged = bytearray(new_path.read_bytes())
+    damaged[-1] ^= 0xFF
+    (tmp_path / "bad.rgbd").write_bytes(bytes(damaged))
+    rc, _, err = run_cli("info", tmp_path / "bad.rgbd")
+    assert rc != 0 and "section far_depth is corrupted" in err and len(err.strip().splitlines()) == 1

@@ -71,9 +71,10 @@ def test_anchor_evaluation_on_real_pairs(tmp_path, two_sources, capsys):
 def test_backends_learned_and_classical(tmp_path, data_dir):
     from rgbd_codec_ros.codec.base import RGBDFrame, create_backend
     from rgbd_codec_ros.codec.learned.model import build_model
+    from rgbd_codec_ros.codec.learned.weights_io import export_weights
     torch.manual_seed(0)
     weights = tmp_path / "tiny.pt"
-    build_model("tiny").export_weights(str(weights), {"name": "tiny-test"})
+    export_weights(build_model("tiny"), str(weights), {"name": "tiny-test"})
     out = tmp_path / "b.json"
     src = str(data_dir / "realsense_d435_taeyoung")
     rc = main(["eval", "--data", src, "--limit", "1", "--json", str(out), "--codec", "learned", "classical",

@@ -18,9 +18,11 @@ import torch
 
 from rgbd_codec_ros.codec import base, classical
 from rgbd_codec_ros.codec.base import CodecError, RGBDFrame
+from rgbd_codec_ros.codec.learned import bitstream as bs
 from rgbd_codec_ros.codec.learned.backend import LearnedBackend
-from rgbd_codec_ros.codec.learned.model import build_model, load_model
+from rgbd_codec_ros.codec.learned.model import build_model
 from rgbd_codec_ros.codec.learned.weights_check import WeightsError
+from rgbd_codec_ros.codec.learned.weights_io import export_weights, load_model
 
 from forge import forged as _forged, jxl_size_header
 from learned_fixtures import TRAINED_TINY, load_pair
@@ -56,8 +58,13 @@ def real_payload(tiny_backend, data_dir):
 
 # --------------------------------------------------------------------------- learned payloads
 def test_issue_frame_of_117_bytes_is_refused_before_any_model_runs(tiny_backend):
-    payload = _forged(tiny_backend.model_id, 16384, 16384)
+    payload = _forged(tiny_backend.model_id, 16384, 16384, version=2)   # the issue's format
     assert len(payload) < 130
+    with pytest.raises(CodecError, match="16384x16384.*max_pixels"):
+        tiny_backend.decode(payload)
+    # the same frame in today's format (container framing: 28 bytes more)
+    payload = _forged(tiny_backend.model_id, 16384, 16384)
+    assert payload.startswith(bs.MAGIC) and len(payload) < 130 + 28
     with pytest.raises(CodecError, match="16384x16384.*max_pixels"):
         tiny_backend.decode(payload)
     # the same frame naming a model nobody has: refused on its size, not by a weights search
@@ -66,10 +73,64 @@ def test_issue_frame_of_117_bytes_is_refused_before_any_model_runs(tiny_backend)
             _forged("nobody@000000000000", 4096, 4096))
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("section", [b"", b"\0" * 4, b"\xff" * 6, b"\1" * 10])
-def test_rans_sections_that_cannot_be_streams_are_refused(tiny_backend, section):
+def test_rans_sections_that_cannot_be_streams_are_refused(tiny_backend, section, version):
     with pytest.raises(CodecError, match="not a rANS stream"):
-        tiny_backend.decode(_forged(tiny_backend.model_id, 640, 480, section))
+        tiny_backend.decode(_forged(tiny_backend.model_id, 640, 480, section, version=version))
+
+
+@pytest.mark.parametrize("version", bs.READABLE_VERSIONS)
+def test_every_cut_bit_flip_and_padding_of_the_framing_is_a_codec_error(version):
+    """The framing of each format version this decoder reads: every truncation, every single
+    bit flip and any bytes appended end as a CodecError of the unpacker, never another error."""
+    payload = _forged("tiny@0123456789ab", 640, 480, bytes(range(8)), version=version)
+    header, sections = bs.unpack(payload)
+    assert bs.format_version(payload) == version and bs.unpack(bytearray(payload)) == (header, sections)
+    for cut in range(len(payload)):
+        with pytest.raises(CodecError, match="learned|magic"):
+            bs.unpack(payload[:cut])
+    for pos in range(len(payload)):
+        for bit in range(8):
+            bad = bytearray(payload)
+            bad[pos] ^= 1 << bit
+            with pytest.raises(CodecError):
+                bs.unpack(bytes(bad))
+    for tail in (b"\0", b"\0" * 4, payload):
+        with pytest.raises(CodecError):
+            bs.unpack(payload + tail)
+    for junk in (None, "RDLN", 3, [82, 68, 76, 78]):
+        with pytest.raises(CodecError, match="must be bytes"):
+            bs.unpack(junk)
+
+
+def test_forged_version_3_framing_with_valid_checksums_is_a_clear_error():
+    """Container payloads whose every crc32 is right, but whose content is not a learned frame."""
+    from rgbd_codec_ros.codec import container
+
+    payload = _forged("tiny@0123456789ab", 640, 480, version=3)
+    _, head, bodies = container.unpack(payload, bs.MAGIC, (3,))
+    assert len(bodies) == len(bs.SECTIONS)
+    last_of_y_depth = len(payload) - sum(map(len, bodies[4:])) - 1
+    cases = {
+        "has 6 sections": container.pack(bs.MAGIC, 3, head, bodies[:6]),
+        "has 8 sections": container.pack(bs.MAGIC, 3, head, bodies + [b""]),
+        "header has the wrong length": container.pack(bs.MAGIC, 3, head[:-1], bodies),
+        "header has the wrong length ": container.pack(bs.MAGIC, 3, head + b"\0", bodies),
+        "header has the wrong length  ": container.pack(bs.MAGIC, 3, b"", bodies),
+        "malformed model id": container.pack(bs.MAGIC, 3, head[:1] + b"\xff" + head[2:], bodies),
+        "version 2 .magic b'RDLN'. is not supported": container.pack(bs.MAGIC, 2, head, bodies),
+        "version 4 .magic b'RDLN'. is not supported": container.pack(bs.MAGIC, 4, head, bodies),
+        "version 3 .magic b'RGBDL'. is not supported": bs.LEGACY_MAGIC + b"\x03" + payload[5:],
+        "section y_depth is corrupted": (payload[:last_of_y_depth] + bytes([payload[last_of_y_depth] ^ 1])
+                                         + payload[last_of_y_depth + 1:]),
+        "truncated: ": payload[:-1],
+        "header is corrupted": payload[:20] + bytes([payload[20] ^ 4]) + payload[21:],
+    }
+    for message, forged in cases.items():
+        with pytest.raises(CodecError, match=message.strip()):
+            bs.unpack(forged)
+    assert not bs.is_learned_payload(b"RDCL" + payload[4:]) and not bs.is_learned_payload(b"RGBD")
 
 
 def test_max_pixels_option_bounds_the_declared_size(tiny_backend, real_payload):
@@ -174,8 +235,8 @@ def test_fuzz_learned_container_with_valid_crcs(real_payload):
                     else:
                         other = rng.choice(bs.SECTIONS); body = bytearray(s[other])
                     s[name] = bytes(body)
-            try:
-                forged = bs.pack(h, s)
+            try:   # today's framing mostly, the format-2 one (old recordings) a quarter of the time
+                forged = bs.pack(h, s, version=2 if rng.random() < 0.25 else bs.VERSION)
             except Exception:   # a field the packer cannot write (out of its integer range)
                 continue
             try:
@@ -265,7 +326,7 @@ def test_weights_file_declaring_a_giant_preset_is_refused_before_building(tmp_pa
                           "context_widths": [9000, 9000]})
     assert path.stat().st_size < 4096
     code = f"""
-        from rgbd_codec_ros.codec.learned.model import load_model
+        from rgbd_codec_ros.codec.learned.weights_io import load_model
         from rgbd_codec_ros.codec.learned.weights_check import WeightsError
 
         def hwm_kb():   # this process's own peak (ru_maxrss would count the parent's pages)
@@ -387,7 +448,7 @@ def test_export_keeps_every_constant_and_the_estimated_bits(tmp_path, data_dir):
         return {k: float(sum(-torch.log2(v).sum() for v in out["likelihoods"][k].values()))
                 for k in ("rgb", "depth")}
     before = bits(model)
-    model.export_weights(str(tmp_path / "w.pt"), {"name": "t"})
+    export_weights(model, str(tmp_path / "w.pt"), {"name": "t"})
     loaded, _ = load_model(str(tmp_path / "w.pt"))
     for k, v in loaded.state_dict().items():
         if k.endswith("likelihood_lower_bound.bound"):

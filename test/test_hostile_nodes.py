@@ -185,10 +185,11 @@ def shipped_learned():
     return LearnedBackend(weights=path, device="cpu")
 
 
-def forged_learned_msg(backend, width: int, height: int, stamp: int, fields=None):
+def forged_learned_msg(backend, width: int, height: int, stamp: int, fields=None, version: int = 0):
     """A CompressedRGBD whose learned payload has a valid CRC and the shipped model id, declares
     ``width`` x ``height`` and carries 4-byte coded sections (empty masks, no far depth).
-    ``fields`` = the (width, height) the message's own fields claim (default: the same)."""
+    ``fields`` = the (width, height) the message's own fields claim (default: the same);
+    ``version`` = the payload's format version (0: the current one)."""
     from rgbd_codec_ros.codec.learned import bitstream as bs
     from rgbd_codec_ros.codec.learned.backend import padded_size
     from rgbd_codec_ros.codec.learned.depth import encode_mask
@@ -202,7 +203,7 @@ def forged_learned_msg(backend, width: int, height: int, stamp: int, fields=None
     no_mask = encode_mask(np.zeros((1, 1), bool))
     sections = {"z_rgb": b"\x11\x22\x33\x44", "z_depth": b"\x55\x66\x77\x88", "y_rgb": b"\x99\xaa\xbb\xcc",
                 "y_depth": b"\xdd\xee\xff\x00", "hole_mask": no_mask, "clipped_mask": no_mask, "far_depth": b""}
-    payload = bs.pack(header, sections)
+    payload = bs.pack(header, sections, version=version or bs.VERSION)
     assert bs.unpack(payload)[0].width == width  # a frame the container itself accepts
     fw, fh = fields or (width, height)
     msg = CompressedRGBD(codec="learned", model_id=backend.model_id, quality="q=1", payload=payload,
@@ -237,6 +238,8 @@ def test_forged_learned_frames_end_as_warnings(rigs, shipped_learned, data_dir):
         2: forged_learned_msg(shipped_learned, 16384, 16384, 2 * 10**9, fields=(640, 480)),
         # a plausible size with 4-byte coded sections: the codec must refuse the sections
         3: forged_learned_msg(shipped_learned, 640, 480, 3 * 10**9),
+        # the same in the format of older recordings (version 2, its own framing)
+        4: forged_learned_msg(shipped_learned, 640, 480, 4 * 10**9, version=2),
     }
     assert all(len(m.payload) < 200 for m in forged.values())
     for msg in forged.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ from rgbd_codec_ros.codec.learned import bitstream as bs
 from rgbd_codec_ros.codec.learned.backend import LearnedBackend, padded_size
 from rgbd_codec_ros.codec.learned.depth import (decode_far_depth, decode_mask, encode_far_depth, encode_mask,
                                                  far_step, fill_holes)
-from rgbd_codec_ros.codec.learned.model import build_model, load_model
+from rgbd_codec_ros.codec.learned.model import build_model
+from rgbd_codec_ros.codec.learned.weights_io import load_model
 
 from learned_fixtures import load_pair
 
@@ -166,13 +168,52 @@ def test_version_1_payloads_still_decode(trained_tiny_weights, data_dir):
     header, sections = bs.unpack(payload)
     assert sections["far_depth"]
     old = bs.pack(header, dict(sections, far_depth=b""), version=1)
-    assert old[len(bs.MAGIC)] == 1
+    assert old.startswith(bs.LEGACY_MAGIC) and old[len(bs.LEGACY_MAGIC)] == 1
     new_out, old_out = backend.decode(payload), backend.decode(old)
     far = depth > 10 * scale
     assert np.array_equal(old_out.depth[~far], new_out.depth[~far])
     assert np.all(old_out.depth[far] == 10 * scale)
     with pytest.raises(CodecError, match="version 1"):
         bs.pack(header, sections, version=1)
+
+
+def test_version_2_payloads_decode_to_the_same_images_as_version_3(trained_tiny_weights, data_dir):
+    """Recordings made before the container framing (format version 2, magic RGBDL) carry the
+    same header and sections: they decode to the very images of the version 3 payload."""
+    color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 2)
+    backend = LearnedBackend(weights=trained_tiny_weights, device="cpu")
+    payload = backend.encode(RGBDFrame(color, depth, scale)).payload
+    assert payload.startswith(bs.MAGIC) and payload[len(bs.MAGIC)] == bs.VERSION == 3
+    header, sections = bs.unpack(payload)
+    assert sections["far_depth"] and np.any(depth > 10 * scale)
+    old = bs.pack(header, sections, version=2)
+    assert old.startswith(bs.LEGACY_MAGIC) and old[len(bs.LEGACY_MAGIC)] == 2
+    assert bs.is_learned_payload(old) and bs.is_learned_payload(payload)
+    assert (bs.format_version(old), bs.format_version(payload)) == (2, 3)
+    assert bs.unpack(old) == (header, sections)
+    new_out, old_out = backend.decode(payload), backend.decode(old)
+    assert np.array_equal(old_out.color, new_out.color) and np.array_equal(old_out.depth, new_out.depth)
+    # the container's table costs 8 bytes a section against the old 4-byte length, plus the
+    # header's own crc32
+    assert len(payload) - len(old) == 28
+
+
+def test_a_recorded_version_2_payload_still_decodes(trained_tiny_weights):
+    """test/data/learned_v2_tiny.rgbd was written by the version 2 packer itself (a 160x160 crop
+    of a D435 pair, tiny_trained.pt, quality 2): it decodes, the latent hash vouching for the
+    latents, and today's version 2 writer reproduces it byte for byte."""
+    old = (Path(REPO) / "test" / "data" / "learned_v2_tiny.rgbd").read_bytes()
+    header, sections = bs.unpack(old)
+    assert old.startswith(bs.LEGACY_MAGIC) and bs.format_version(old) == 2
+    assert (header.width, header.height, header.quality) == (160, 160, 2.0) and sections["far_depth"]
+    assert bs.pack(header, sections, version=2) == old
+    backend = LearnedBackend(weights=trained_tiny_weights, device="cpu")
+    old_out = backend.decode(old)
+    new_out = backend.decode(bs.pack(header, sections))
+    assert np.array_equal(old_out.color, new_out.color) and np.array_equal(old_out.depth, new_out.depth)
+    holes = decode_mask(sections["hole_mask"], 160, 160)
+    assert holes.any() and np.array_equal(old_out.depth == 0, holes)
+    assert np.any(old_out.depth > 10 * header.depth_scale_per_m)   # far pixels from the far-depth section
 
 
 def test_mask_coding_is_lossless_on_real_masks(data_dir):
@@ -267,7 +308,7 @@ def test_other_weights_corruption_truncation_and_version_are_clear_errors(
     f.write_bytes(payload[: len(payload) // 2])
     r = _cli("decode", str(f), "--color-out", str(tmp_path / "c.png"), "--depth-out", str(tmp_path / "d.png"),
              "--model", trained_tiny_weights)
-    assert r.returncode != 0 and "corrupted or truncated" in r.stderr
+    assert r.returncode != 0 and "learned payload truncated" in r.stderr
     assert not (tmp_path / "c.png").exists()
 
 

@@ -20,7 +20,8 @@ from rgbd_codec_ros.codec import CodecError, RGBDFrame
 from rgbd_codec_ros.codec.learned import exact_conv as ec
 from rgbd_codec_ros.codec.learned import runtime as rt
 from rgbd_codec_ros.codec.learned.backend import MODELS_DIR, LearnedBackend
-from rgbd_codec_ros.codec.learned.model import latent_hash, load_model
+from rgbd_codec_ros.codec.learned.model import latent_hash
+from rgbd_codec_ros.codec.learned.weights_io import load_model
 
 from learned_fixtures import load_pair
 
@@ -72,6 +73,7 @@ def test_int8_gemm_selftest_and_digit_round_trip():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_exact_conv_equals_float64_reference_on_random_integers(threads, monkeypatch):
     torch.set_num_threads(threads)
+    monkeypatch.setenv("RGBD_CODEC_EXACT_KERNEL", "int8")   # whatever auto chose on this CPU
     counter = _CountIntMM(monkeypatch)
     monkeypatch.setattr(ec, "MIN_K", 1)          # every case through the int8 path
     g = torch.Generator().manual_seed(threads)
@@ -96,6 +98,7 @@ def test_exact_conv_equals_float64_reference_on_random_integers(threads, monkeyp
 
 
 def test_exact_conv_falls_back_to_the_reference_where_it_cannot_prove_exactness(monkeypatch):
+    monkeypatch.setenv("RGBD_CODEC_EXACT_KERNEL", "int8")
     counter = _CountIntMM(monkeypatch)
     # 5 digits would hold 2**33, but the sums can pass 2**53: the reference, as before
     x = torch.full((1, 64, 6, 6), 2.0 ** 33)
@@ -115,7 +118,31 @@ def test_exact_conv_falls_back_to_the_reference_where_it_cannot_prove_exactness(
             pass
 
 
-def test_weight_digits_follow_in_place_weight_changes():
+def test_auto_kernel_is_chosen_once_by_measurement_and_changes_no_bit(monkeypatch):
+    """auto runs the int8 digits only on a CPU where they measured faster than the float64
+    reference (on AVX2-only CPUs torch's int8 GEMM is a slow generic loop); the choice is made
+    once per process and both kernels give the same integers."""
+    choice = ec.kernel_choice()
+    assert choice["kernel"] in ("int8", "reference") and choice["reference_ms"] > 0
+    if choice["int8_ms"] is not None:
+        faster = choice["int8_ms"] * ec.INT8_MARGIN < choice["reference_ms"]
+        assert (choice["kernel"] == "int8") == faster, choice
+    assert ec.kernel_choice() == choice          # measured once, not per call
+    counter = _CountIntMM(monkeypatch)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(-2 ** 15, 2 ** 15, (1, 32, 12, 14), generator=g).double()
+    wt = torch.randint(-2047, 2048, (16, 32, 5, 5), generator=g).double()
+    ref = F.conv2d(x, wt, None, 1, 2)
+    with ec.exact_kernel("auto"):
+        assert torch.equal(ec.conv2d(x, wt, ec.WeightDigits(), 0.0, (1, 1), (2, 2)), ref)
+    assert counter.calls == (1 if choice["kernel"] == "int8" else 0)
+    with ec.exact_kernel("int8"):
+        assert torch.equal(ec.conv2d(x, wt, ec.WeightDigits(), 0.0, (1, 1), (2, 2)), ref)
+    assert counter.calls == (2 if choice["kernel"] == "int8" else 1)
+
+
+def test_weight_digits_follow_in_place_weight_changes(monkeypatch):
+    monkeypatch.setenv("RGBD_CODEC_EXACT_KERNEL", "int8")
     wd = ec.WeightDigits()
     w = torch.randint(-2047, 2048, (8, 64, 3, 3)).double()
     x = torch.randint(-5000, 5000, (1, 64, 9, 9)).double()
@@ -157,13 +184,13 @@ def test_committed_weights_streams_and_decodes_do_not_change(weights, trained_ti
     payloads = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        for kernel in ("reference", "auto"):
+        for kernel in ("reference", "int8", "auto"):
             be = LearnedBackend(model=model, model_id=meta["model_id"], device="cpu", runtime="torch", quality=1)
             with ec.exact_kernel(kernel):
                 payloads[(threads, kernel)] = be.encode(frame).payload
     assert counter.calls > 0, "the int8 path was never used"
     for threads in (1, 2):    # (torch's float g_a itself depends on the thread count, not the kernel)
-        assert payloads[(threads, "reference")] == payloads[(threads, "auto")]
+        assert payloads[(threads, "reference")] == payloads[(threads, "int8")] == payloads[(threads, "auto")]
     first = payloads[(1, "reference")]
 
     # the one-call y encoder writes the old per-step stream
@@ -184,7 +211,8 @@ def test_committed_weights_streams_and_decodes_do_not_change(weights, trained_ti
         with ec.exact_kernel("reference"):
             y_ref = model._entropy_path(z_fixed, coder_ref)
         coder_new = ExactCoder(model.bicee, y=y)
-        y_new = model._entropy_path(z_fixed, coder_new)
+        with ec.exact_kernel("int8"):
+            y_new = model._entropy_path(z_fixed, coder_new)
         assert latent_hash(z_fixed, y_fixed) == latent_hash(z_fixed, y_ref) == latent_hash(z_fixed, y_new)
         for m in ("rgb", "depth"):
             for a, b, c in zip(coder.indexes[m], coder_ref.indexes[m], coder_new.indexes[m]):
@@ -192,7 +220,7 @@ def test_committed_weights_streams_and_decodes_do_not_change(weights, trained_ti
 
     # a payload of the old path decodes with the new one (hash checked), to the same pixels
     decoded = []
-    for threads, kernel in ((1, "reference"), (2, "auto"), (1, "auto")):
+    for threads, kernel in ((1, "reference"), (2, "int8"), (1, "int8"), (2, "auto")):
         torch.set_num_threads(threads)
         be = LearnedBackend(model=model, model_id=meta["model_id"], device="cpu", runtime="torch")
         with ec.exact_kernel(kernel):

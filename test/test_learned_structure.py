@@ -208,7 +208,7 @@ def test_rgb_rate_depends_on_depth_in_joint_and_never_in_separate(models):
     input in the joint model and are bit-identical in the separate one. (The joint model is the
     trained test model: a random one codes every latent as zero, at a likelihood of 1.)"""
     from learned_fixtures import TRAINED_TINY
-    from rgbd_codec_ros.codec.learned.model import load_model
+    from rgbd_codec_ros.codec.learned.weights_io import load_model
     trained, _ = load_model(str(TRAINED_TINY))
     rgb, depth = _inputs()
     _, depth2 = _inputs(seed=5)

@@ -78,7 +78,7 @@ def test_exact_resume(tmp_path, base_args):
     mid = _ckpt(a / "step_00000002.pt")["model"]
     assert any(not torch.equal(mid[k], fa["model"][k]) for k in mid)
 
-    from rgbd_codec_ros.codec.learned.model import load_model
+    from rgbd_codec_ros.codec.learned.weights_io import load_model
     model, meta = load_model(str(export))
     assert meta["trained_steps"] == 4 and meta["preset"]["name"] == "tiny"
     assert [d["name"] for d in meta["training_data"]] == ["osd_kinect_pcl_mosd"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rgbd_codec_ros.cli import main
-from rgbd_codec_ros.codec.learned.model import load_model
+from rgbd_codec_ros.codec.learned.weights_io import load_model
 from rgbd_codec_ros.training.trainer import SNAPSHOT_FORMAT, TrainConfig, lr_at
 
 torch.set_num_threads(1)

@@ -16,7 +16,8 @@ import torch
 
 from rgbd_codec_ros.cli import main
 from rgbd_codec_ros.codec.learned.entropy import MODALITIES
-from rgbd_codec_ros.codec.learned.model import build_model, load_model
+from rgbd_codec_ros.codec.learned.model import build_model
+from rgbd_codec_ros.codec.learned.weights_io import export_weights, load_model
 from rgbd_codec_ros.training.variant_init import embed_separate
 
 torch.set_num_threads(1)
@@ -106,7 +107,7 @@ def test_train_starts_joint_from_separate_weights(tmp_path, data_dir, capsys):
     the separate model has on the same batch (same function), and a run from scratch is far
     from it."""
     weights = tmp_path / "sep.pt"
-    _trained_like_separate(9).export_weights(str(weights), {"name": "tiny-separate"})
+    export_weights(_trained_like_separate(9), str(weights), {"name": "tiny-separate"})
     base = ["train", "--data", str(data_dir / "osd_kinect_pcl_mosd"), "--preset", "tiny", "--steps", "1",
             "--batch-size", "2", "--crop", "128", "--threads", "1", "--log-every", "1", "--val-every", "100",
             "--quality-sampling", "sample", "--seed", "7", "--no-progress"]

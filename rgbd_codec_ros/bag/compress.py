@@ -194,89 +194,130 @@ def compress_bag(inp, out, opts: CompressOptions, warn: Optional[Callable[[str],
     refuse_input_as_output(out_path, [inp])
     reader = open_reader(inp)
     try:
-        _check_topic(reader, opts.color_topic, msgdefs.IMAGE, "colour")
-        _check_topic(reader, opts.depth_topic, msgdefs.IMAGE, "depth")
-        for t, what in ((opts.color_info_topic, "colour camera_info"),
-                        (opts.depth_info_topic, "depth camera_info")):
-            if t:
-                _check_topic(reader, t, msgdefs.CAMERA_INFO, what)
-        if any(c.topic == opts.out_topic for c in reader.connections):
-            raise CodecError(f"output topic {opts.out_topic} already exists in the input bag; "
-                             "choose another --out-topic")
-        encoder = _Encoder(opts, warn)
-        pairer = StampPairer(slop_s=opts.slop_s, queue_size=opts.queue_size)
-        consumed = {opts.color_topic, opts.depth_topic}
-        consumed |= {t for t in (opts.color_info_topic, opts.depth_info_topic) if t}
-        dropped = set(opts.exclude) | (consumed if opts.drop_raw else set())
-        msgdef, rihs = msgdefs.definition_and_hash(msgdefs.COMPRESSED_RGBD)
-
+        _check_input_topics(reader, opts)
+        run = _Compression(opts, warn, stats)
         with AtomicBagWriter(out_path, storage=storage, force=opts.force, single_file=single,
                              inputs=(inp,)) as bag:
-            origin = {opts.out_topic: {
-                "color_topic": opts.color_topic, "depth_topic": opts.depth_topic,
-                "color_info_topic": opts.color_info_topic or "",
-                "depth_info_topic": opts.depth_info_topic or ""}}
-            bag.writer.set_custom_data(TOPICS_KEY, json.dumps(origin, sort_keys=True))
-            out_conn = bag.add_connection(opts.out_topic, msgdefs.COMPRESSED_RGBD, msgdef, rihs)
-            copy_conns = {}
-            for conn in reader.connections:
-                if conn.topic in dropped:
-                    continue
-                text, digest = passthrough_definition(conn)
-                copy_conns[conn.id] = bag.add_connection(
-                    conn.topic, conn.msgtype, text, digest, conn.ext.offered_qos_profiles)
-
-            progress = _progress(reader.message_count, opts.progress)
-            try:
-                for conn, t, data in iter_messages(reader):
-                    progress.update(1)
-                    topic = conn.topic
-                    if conn.id in copy_conns:
-                        bag.write(copy_conns[conn.id], t, data)
-                        if topic not in consumed:
-                            stats.copied += 1
-                    if topic == opts.color_topic or topic == opts.depth_topic:
-                        is_color = topic == opts.color_topic
-                        if is_color:
-                            stats.color_msgs += 1
-                        else:
-                            stats.depth_msgs += 1
-                        try:
-                            msg = messages.deserialize(data, msgdefs.read_type(conn))
-                            stamp = stamp_to_ns(msg.header.stamp)
-                        except ValueError as exc:
-                            stats.skipped += 1
-                            warn(f"{topic} at t={t}: {exc}; skipped")
-                            continue
-                        item = (t, msg, len(data))
-                        pairs = pairer.add_color(stamp, item) if is_color else pairer.add_depth(stamp, item)
-                        for pair in pairs:
-                            _write_pair(bag, out_conn, encoder, pair, stats, warn)
-                    elif topic in (opts.color_info_topic, opts.depth_info_topic):
-                        try:
-                            info = messages.deserialize(data, msgdefs.read_type(conn))
-                        except ValueError as exc:
-                            stats.skipped += 1
-                            warn(f"{topic} at t={t}: {exc}; skipped")
-                            continue
-                        encoder.set_info("color" if topic == opts.color_info_topic else "depth", info)
-            finally:
-                progress.close()
-            queued_color, queued_depth = pairer.queued   # never completed: unpaired too
-            stats.dropped_color = pairer.dropped_color + queued_color
-            stats.dropped_depth = pairer.dropped_depth + queued_depth
-            if opts.strict and stats.skipped:
-                raise CodecError(f"{stats.skipped} message(s) or pair(s) could not be used "
-                                 "(see the warnings) and --strict was given; nothing was written")
-            if stats.pairs == 0:
-                raise CodecError(
-                    f"no colour/depth pairs were written ({stats.color_msgs} colour and "
-                    f"{stats.depth_msgs} depth messages read, {stats.skipped} skipped): check the "
-                    f"topics, and that the stamps of a pair differ by at most --slop "
-                    f"({opts.slop_s} s); nothing was written")
+            run.open_output(bag, reader)
+            run.code_messages(reader)
+            run.finish()
     finally:
         reader.close()
     return stats
+
+
+def _check_input_topics(reader, opts: CompressOptions) -> None:
+    """The named topics exist with the right types, and the output topic does not exist yet."""
+    _check_topic(reader, opts.color_topic, msgdefs.IMAGE, "colour")
+    _check_topic(reader, opts.depth_topic, msgdefs.IMAGE, "depth")
+    for t, what in ((opts.color_info_topic, "colour camera_info"),
+                    (opts.depth_info_topic, "depth camera_info")):
+        if t:
+            _check_topic(reader, t, msgdefs.CAMERA_INFO, what)
+    if any(c.topic == opts.out_topic for c in reader.connections):
+        raise CodecError(f"output topic {opts.out_topic} already exists in the input bag; "
+                         "choose another --out-topic")
+
+
+class _Compression:
+    """One run: the input's messages, in bag order, paired and coded or copied into the output."""
+
+    def __init__(self, opts: CompressOptions, warn: Callable[[str], None], stats: CompressStats):
+        self.opts, self.warn, self.stats = opts, warn, stats
+        self.encoder = _Encoder(opts, warn)
+        self.pairer = StampPairer(slop_s=opts.slop_s, queue_size=opts.queue_size)
+        self.consumed = {opts.color_topic, opts.depth_topic}
+        self.consumed |= {t for t in (opts.color_info_topic, opts.depth_info_topic) if t}
+        self.dropped = set(opts.exclude) | (self.consumed if opts.drop_raw else set())
+        self.msgdef, self.rihs = msgdefs.definition_and_hash(msgdefs.COMPRESSED_RGBD)
+        self.bag = None
+        self.out_conn = None
+        self.copy_conns: Dict[int, Any] = {}    # input connection id -> output connection
+
+    def open_output(self, bag, reader) -> None:
+        """The output's connections: the CompressedRGBD topic, recorded with the topics it came
+        from, and every input topic that is not dropped."""
+        opts = self.opts
+        self.bag = bag
+        origin = {opts.out_topic: {
+            "color_topic": opts.color_topic, "depth_topic": opts.depth_topic,
+            "color_info_topic": opts.color_info_topic or "",
+            "depth_info_topic": opts.depth_info_topic or ""}}
+        bag.writer.set_custom_data(TOPICS_KEY, json.dumps(origin, sort_keys=True))
+        self.out_conn = bag.add_connection(opts.out_topic, msgdefs.COMPRESSED_RGBD, self.msgdef, self.rihs)
+        for conn in reader.connections:
+            if conn.topic in self.dropped:
+                continue
+            text, digest = passthrough_definition(conn)
+            self.copy_conns[conn.id] = bag.add_connection(
+                conn.topic, conn.msgtype, text, digest, conn.ext.offered_qos_profiles)
+
+    def code_messages(self, reader) -> None:
+        progress = _progress(reader.message_count, self.opts.progress)
+        try:
+            for conn, t, data in iter_messages(reader):
+                progress.update(1)
+                self._message(conn, t, data)
+        finally:
+            progress.close()
+
+    def _message(self, conn, t: int, data: bytes) -> None:
+        opts = self.opts
+        topic = conn.topic
+        if conn.id in self.copy_conns:
+            self.bag.write(self.copy_conns[conn.id], t, data)
+            if topic not in self.consumed:
+                self.stats.copied += 1
+        if topic == opts.color_topic or topic == opts.depth_topic:
+            self._image(conn, t, data, is_color=topic == opts.color_topic)
+        elif topic in (opts.color_info_topic, opts.depth_info_topic):
+            self._camera_info(conn, t, data)
+
+    def _image(self, conn, t: int, data: bytes, is_color: bool) -> None:
+        """Pair one colour or depth image; code and write every pair it completes."""
+        if is_color:
+            self.stats.color_msgs += 1
+        else:
+            self.stats.depth_msgs += 1
+        try:
+            msg = messages.deserialize(data, msgdefs.read_type(conn))
+            stamp = stamp_to_ns(msg.header.stamp)
+        except ValueError as exc:
+            self._skip(conn.topic, t, exc)
+            return
+        item = (t, msg, len(data))
+        pairs = self.pairer.add_color(stamp, item) if is_color else self.pairer.add_depth(stamp, item)
+        for pair in pairs:
+            _write_pair(self.bag, self.out_conn, self.encoder, pair, self.stats, self.warn)
+
+    def _camera_info(self, conn, t: int, data: bytes) -> None:
+        try:
+            info = messages.deserialize(data, msgdefs.read_type(conn))
+        except ValueError as exc:
+            self._skip(conn.topic, t, exc)
+            return
+        self.encoder.set_info("color" if conn.topic == self.opts.color_info_topic else "depth", info)
+
+    def _skip(self, topic: str, t: int, exc: Exception) -> None:
+        self.stats.skipped += 1
+        self.warn(f"{topic} at t={t}: {exc}; skipped")
+
+    def finish(self) -> None:
+        """Count what stayed unpaired; refuse (nothing is written) a run that --strict or an
+        empty result makes a failure."""
+        stats, opts = self.stats, self.opts
+        queued_color, queued_depth = self.pairer.queued   # never completed: unpaired too
+        stats.dropped_color = self.pairer.dropped_color + queued_color
+        stats.dropped_depth = self.pairer.dropped_depth + queued_depth
+        if opts.strict and stats.skipped:
+            raise CodecError(f"{stats.skipped} message(s) or pair(s) could not be used "
+                             "(see the warnings) and --strict was given; nothing was written")
+        if stats.pairs == 0:
+            raise CodecError(
+                f"no colour/depth pairs were written ({stats.color_msgs} colour and "
+                f"{stats.depth_msgs} depth messages read, {stats.skipped} skipped): check the "
+                f"topics, and that the stamps of a pair differ by at most --slop "
+                f"({opts.slop_s} s); nothing was written")
 
 
 def _write_pair(bag, out_conn, encoder: _Encoder, pair, stats: CompressStats, warn) -> None:

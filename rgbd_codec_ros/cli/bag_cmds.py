@@ -105,7 +105,15 @@ def add_parsers(subparsers) -> None:
     sub = bag.add_subparsers(dest="bag_command", metavar="BAG_COMMAND")
     sub.required = True
 
-    # ------------------------------------------------------------------ compress
+    _add_compress_parser(sub)
+    _add_decompress_parser(sub)
+    _add_info_parser(sub)
+    _add_record_parser(sub)
+    _add_play_parser(sub)
+    _add_from_images_parser(sub)
+
+
+def _add_compress_parser(sub) -> None:
     p = sub.add_parser(
         "compress", help="raw colour + depth Image topics -> a CompressedRGBD topic",
         description="Pair colour and depth images like the encoder node does, code each pair, "
@@ -151,7 +159,8 @@ def add_parsers(subparsers) -> None:
     _add_limit_args(p)
     p.set_defaults(func=_cmd_compress)
 
-    # ------------------------------------------------------------------ decompress
+
+def _add_decompress_parser(sub) -> None:
     p = sub.add_parser(
         "decompress", help="CompressedRGBD -> raw Image + CameraInfo topics, or PNG files",
         description="Decode a CompressedRGBD topic back to sensor_msgs/Image (+CameraInfo) topics "
@@ -186,7 +195,8 @@ def add_parsers(subparsers) -> None:
     _add_limit_args(p)
     p.set_defaults(func=_cmd_decompress)
 
-    # ------------------------------------------------------------------ info
+
+def _add_info_parser(sub) -> None:
     p = sub.add_parser("info", help="topics, counts, duration; codec, GOP structure and bit "
                                     "rates of CompressedRGBD topics")
     p.add_argument("input", metavar="IN")
@@ -194,7 +204,8 @@ def add_parsers(subparsers) -> None:
     _add_limit_args(p)
     p.set_defaults(func=_cmd_info)
 
-    # ------------------------------------------------------------------ record
+
+def _add_record_parser(sub) -> None:
     p = sub.add_parser(
         "record", help="record live topics (serialized, as received) into a bag",
         description="Subscribe (rclpy, raw serialized messages) and write a bag until Ctrl-C, "
@@ -212,7 +223,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_cmd_record)
 
-    # ------------------------------------------------------------------ play
+
+def _add_play_parser(sub) -> None:
     p = sub.add_parser("play", help="publish a bag's serialized messages at the recorded pace")
     p.add_argument("input", metavar="IN")
     p.add_argument("--topic", action="append", default=[], metavar="TOPIC",
@@ -227,7 +239,8 @@ def add_parsers(subparsers) -> None:
     _add_limit_args(p)
     p.set_defaults(func=_cmd_play)
 
-    # ------------------------------------------------------------------ from-images
+
+def _add_from_images_parser(sub) -> None:
     p = sub.add_parser(
         "from-images", help="make a raw Image bag from a folder of colour/depth PNGs",
         description="The inverse of `decompress --images`: a dataset folder (color/, depth/, "

@@ -12,8 +12,8 @@ import numpy as np
 
 from rgbd_codec_ros.cli.errors import system_errors_as_codec_errors
 from rgbd_codec_ros.codec.base import LEARNED_DEFAULT_MAX_PIXELS, CodecError, RGBDFrame, create_backend
+from rgbd_codec_ros.codec.learned.bitstream import is_learned_payload   # no torch: framing only
 
-LEARNED_MAGIC = b"RGBDL"
 CLASSICAL_MAGIC = b"RDCL"
 
 
@@ -221,7 +221,7 @@ def _read_payload(path: str) -> bytes:
 def run_decode(args) -> int:
     payload = _read_payload(args.file)
     _check_outputs([args.color_out, args.depth_out], [args.file])
-    if payload.startswith(LEARNED_MAGIC):
+    if is_learned_payload(payload):
         backend = create_backend("learned", weights=_weights(args.model), device=args.device,
                                  threads=args.threads)
     else:
@@ -245,10 +245,10 @@ def run_decode(args) -> int:
 @_guard
 def run_info(args) -> int:
     payload = _read_payload(args.file)
-    if payload.startswith(LEARNED_MAGIC):
+    if is_learned_payload(payload):
         from rgbd_codec_ros.codec.learned import bitstream as bs
         header, sections = bs.unpack(payload)
-        print(f"learned codec payload, format {bs.VERSION}, {len(payload)} bytes")
+        print(f"learned codec payload, format {bs.format_version(payload)}, {len(payload)} bytes")
         for k, v in vars(header).items():
             print(f"  {k}: {v.hex() if isinstance(v, bytes) else v}")
         for k, v in sections.items():

@@ -19,12 +19,21 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_export_parser(sub)
+    _add_curve_parser(sub)
+
+
+def _add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train the learned RGB-D model",
                        description="Train the joint RGB-D model. Multi-process: "
                                    "torchrun --nproc_per_node N -m rgbd_codec_ros.training ARGS")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="rate-distortion evaluation of codecs on RGB-D data",
                        description="Encode every pair to real bytes, decode it, measure; JSON records, "
                                    "RD plot and BD-rates against the classical anchors.")
@@ -58,6 +67,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_export_parser(sub) -> None:
     x = sub.add_parser("export", help="finished weights from a training snapshot",
                        description="Freeze a snapshot's EMA (or --live weights) into the weights file "
                                    "the codec loads: fp16 transforms and the exact entropy path.")
@@ -68,6 +79,8 @@ def add_parsers(sub) -> None:
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     x.set_defaults(func=cmd_export)
 
+
+def _add_curve_parser(sub) -> None:
     c = sub.add_parser("curve", help="held-out learning curve of training snapshots or weights",
                        description="Code the held-out frames with each snapshot (or weights file) at "
                                    "the given qualities, to real bytes, and append one CSV row per "
@@ -93,6 +106,13 @@ def add_parsers(sub) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_args(p)
+    _add_data_use_args(p)
+    _add_model_args(p)
+    _add_optimisation_args(p)
+    _add_checkpoint_args(p)
+
+
+def _add_data_use_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data use")
     g.add_argument("--val-source", nargs="+", default=[], metavar="NAME",
                    help="hold these sources out for validation (names or fnmatch patterns)")
@@ -111,6 +131,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="scale colour brightness, contrast and saturation by factors in [1-S, 1+S] "
                         "(e.g. 0.2); depth is never altered (default 0: off)")
     g.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--preset", default="lite", help="model size: paper | lite | tiny (default lite)")
     m.add_argument("--variant", default="joint", help="joint | one-way | separate (default joint)")
@@ -120,6 +143,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw one quality per batch (default) or per sample")
     m.add_argument("--depth-loss", choices=("paper", "mse"), default="paper",
                    help="depth distortion: paper (MS-SSIM + edge + L1) or masked mse")
+
+
+def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=int, default=1000, help="total steps (the schedule's length)")
     o.add_argument("--stop-at", type=int, default=None, metavar="STEP",
@@ -151,6 +177,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--threads", type=int, default=None, help="torch threads per process")
     o.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("checkpoints and logs")
     r.add_argument("--checkpoint-dir", metavar="DIR")
     r.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS")

@@ -2,7 +2,7 @@
 
 Layout (all integers little-endian)::
 
-    magic        4 bytes   identifies the codec ("RDCL" for classical, ...)
+    magic        4 bytes   identifies the codec ("RDCL" classical, "RDLN" learned)
     version      u8        format version of that codec
     n_sections   u8
     header_len   u16
@@ -42,9 +42,10 @@ def pack(magic: bytes, version: int, header: bytes, sections: Sequence[bytes]) -
     return head + _CRC.pack(zlib.crc32(head)) + b"".join(bytes(s) for s in sections)
 
 
-def unpack(data: bytes, magic: bytes, versions: Sequence[int],
-           what: str = "payload") -> Tuple[int, bytes, List[bytes]]:
-    """Check and split a payload: (version, header, sections)."""
+def unpack(data: bytes, magic: bytes, versions: Sequence[int], what: str = "payload",
+           section_names: Sequence[str] = ()) -> Tuple[int, bytes, List[bytes]]:
+    """Check and split a payload: (version, header, sections). ``section_names`` name the
+    sections in errors (else their index)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError(f"{what} must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -75,7 +76,8 @@ def unpack(data: bytes, magic: bytes, versions: Sequence[int],
     for i, (length, crc) in enumerate(entries):
         body = data[pos:pos + length]
         if zlib.crc32(body) != crc:
-            raise CodecError(f"{what} section {i} is corrupted (checksum mismatch)")
+            name = section_names[i] if i < len(section_names) else i
+            raise CodecError(f"{what} section {name} is corrupted (checksum mismatch)")
         sections.append(body)
         pos += length
     return version, header, sections

@@ -16,10 +16,24 @@ from .base import CodecError
 
 
 # --------------------------------------------------------------------------- JPEG, WebP
+#: most scans a JPEG may have. libjpeg walks every block of the image once per scan, and a
+#: progressive scan that codes nothing (one end-of-band run) is ~20 bytes: a 240 kB forged
+#: 3840x2160 JPEG of 12000 such scans took 16-30 s, where a real frame takes 0.1 s. The encoder
+#: writes baseline JPEG (one scan); libjpeg's own progressive modes use at most 10.
+MAX_JPEG_SCANS = 64
+
+
 def jpeg_size(data: bytes) -> Tuple[int, int]:
-    """(width, height) from a JPEG's SOF marker."""
+    """(width, height) from a JPEG's SOF marker; CodecError for a stream of more than
+    MAX_JPEG_SCANS scans."""
     if data[:2] != b"\xff\xd8":
         raise CodecError("colour section is not a JPEG stream")
+    # every scan starts with a start-of-scan marker FF DA, which coded data cannot hold (a coded
+    # FF is followed by 00 or a restart marker): this count is at least the number of scans
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise CodecError(f"colour JPEG stream has {scans} scans (at most {MAX_JPEG_SCANS} are decoded: each "
+                         "costs a pass over the whole image)")
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -229,6 +243,11 @@ def _av1_sequence_sizes(data: bytes, start: int, end: int) -> List[Tuple[int, in
     return sizes
 
 
+#: top-level boxes an AVIF still image may hold. An image sequence ('moov': a track of frames)
+#: is refused: libavif decodes every frame of it (a forged payload of one small keyframe and
+#: hundreds of repeats costs hundreds of frames), and libavif 1.3 crashes (SIGSEGV) when asked
+#: for one frame of some of them
+_AVIF_TOP_BOXES = {b"ftyp", b"meta", b"mdat", b"free", b"skip"}
 #: item types an AVIF of this project may hold (one AV1 image, optional metadata); grids,
 #: tone maps and other derived images can assemble large outputs from small parts
 _AVIF_ITEM_TYPES = {b"av01", b"Exif", b"mime"}
@@ -241,6 +260,10 @@ def avif_size(data: bytes) -> Tuple[int, int]:
         raise CodecError("colour section is not an AVIF stream")
     spatial, seq = [], []
     for kind, s, e in _boxes(data, 0, len(data)):
+        if kind not in _AVIF_TOP_BOXES:
+            what = " (an image sequence)" if kind == b"moov" else ""
+            raise CodecError(f"colour AVIF stream holds a {kind!r} box{what}; this decoder accepts "
+                             "still images only")
         if kind == b"meta":
             for k2, s2, e2 in _boxes(data, s + 4, e):          # meta is a full box
                 if k2 == b"iprp":
@@ -254,10 +277,14 @@ def avif_size(data: bytes) -> Tuple[int, int]:
                                 elif k4 == b"av1C" and e4 - s4 > 4:
                                     seq += _av1_sequence_sizes(data, s4 + 4, e4)
                 elif k2 == b"iinf":
+                    if e2 - s2 < 4:
+                        raise CodecError("colour AVIF stream has a short item information box")
                     version = data[s2]
                     first = s2 + 4 + (2 if version == 0 else 4)
                     for k3, s3, e3 in _boxes(data, first, e2):
                         if k3 == b"infe":
+                            if e3 - s3 < 4:
+                                raise CodecError("colour AVIF stream has a short item entry")
                             v = data[s3]
                             if v < 2:
                                 raise CodecError("colour AVIF stream has an old-style item entry")

@@ -32,7 +32,8 @@ def default_name(preset: str, variant: str) -> str:
 
 def frozen_from_snapshot(path: str, ema: bool = True):
     """(frozen model, model id, snapshot info) of a snapshot's EMA (or its live weights)."""
-    from rgbd_codec_ros.codec.learned.model import _export_tensor, build_model, weights_id
+    from rgbd_codec_ros.codec.learned.model import build_model, retired_tensors
+    from rgbd_codec_ros.codec.learned.weights_io import exported_state, weights_id
     state = safe_torch_load(path, "snapshot")
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
         raise TrainError(f"{path} is not a training snapshot (rgbd-codec train --snapshot)")
@@ -45,6 +46,8 @@ def frozen_from_snapshot(path: str, ema: bool = True):
     weights: Dict[str, torch.Tensor] = dict(state["model"])
     if ema and state.get("ema"):
         weights.update(state["ema"])
+    retired = retired_tensors(model.preset, model.variant)      # older snapshots hold them, unused
+    weights = {k: v for k, v in weights.items() if k not in retired}
     bad = [k for k, v in weights.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
     if bad:
         raise TrainError(f"snapshot {path} does not fit {cfg.get('preset')}/{cfg.get('variant')}: {bad[:3]}")
@@ -57,8 +60,7 @@ def frozen_from_snapshot(path: str, ema: bool = True):
     which = "ema" if ema and state.get("ema") else "live"
     # the id its export (with the default name) will have, so that payloads coded from the
     # snapshot decode with the exported file, and byte counts match
-    model_id = weights_id(default_name(cfg.get("preset"), cfg.get("variant")),
-                          {k: _export_tensor(k, v.detach().cpu()) for k, v in model.state_dict().items()})
+    model_id = weights_id(default_name(cfg.get("preset"), cfg.get("variant")), exported_state(model))
     info = {"step": int(state["step"]), "weights": which, "preset": cfg.get("preset"),
             "variant": cfg.get("variant"), "train_sources": cfg.get("train_sources"),
             "val_fraction": cfg.get("val_fraction"), "val_gap": cfg.get("val_gap")}
@@ -67,6 +69,7 @@ def frozen_from_snapshot(path: str, ema: bool = True):
 
 def export_snapshot(path: str, out: str, name: str = "", ema: bool = True) -> Tuple[str, dict]:
     """Finished weights (what the codec loads) from a snapshot; returns (model id, info)."""
+    from rgbd_codec_ros.codec.learned.weights_io import export_weights
     model, _, info = frozen_from_snapshot(path, ema)
     meta = {"name": name or default_name(info["preset"], info["variant"]),
             "trained_steps": info["step"], "weights_source": info["weights"],
@@ -75,7 +78,7 @@ def export_snapshot(path: str, out: str, name: str = "", ema: bool = True) -> Tu
         os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = f"{out}.tmp.{os.getpid()}"
     try:
-        model_id = model.export_weights(tmp, meta)
+        model_id = export_weights(model, tmp, meta)
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

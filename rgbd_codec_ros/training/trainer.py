@@ -41,6 +41,7 @@ import torch.distributed as dist
 from rgbd_codec_ros.codec.learned.model import _FROZEN_ONLY
 
 from . import datasets as ds
+from .old_checkpoints import drop_retired
 from .losses import RateDistortionLoss, masked_mse, psnr
 
 CKPT_FORMAT = "rgbd-codec-train/1"
@@ -447,7 +448,7 @@ class Trainer:
 
     def _init_from_weights(self, path: str) -> None:
         """Start from finished weights (fine-tuning); a checkpoint resumed later overrides them."""
-        from rgbd_codec_ros.codec.learned.model import load_model
+        from rgbd_codec_ros.codec.learned.weights_io import load_model
         try:
             finished, meta = load_model(path)
         except Exception as exc:
@@ -503,6 +504,7 @@ class Trainer:
             print("warning: resuming with changed " + ", ".join(
                 f"{k} ({saved.get(k)} -> {now[k]})" for k in diffs) + "; the run will not repeat the "
                 "original one exactly", file=sys.stderr)
+        state = drop_retired(state, self.model)     # a run saved by older code
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.aux_opt.load_state_dict(state["aux_opt"])
@@ -580,6 +582,7 @@ class Trainer:
             if saved.get(key) != self._compat_config()[key]:
                 raise TrainError(f"snapshot {path} was trained with --{key} {saved.get(key)}, "
                                  f"not {self._compat_config()[key]}")
+        state = drop_retired(state, self.model)     # a snapshot written by older code
         own = self.model.state_dict()
         model = state.get("model") or {}
         bad = [k for k, v in model.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
@@ -753,74 +756,116 @@ class Trainer:
 
     # ---------------------------------------------------------------- main loop
     def fit(self) -> Dict:
-        c = self.cfg
-        if self.is_main and self.log_csv:
-            # train rows are numbered by the step they ran (0-based), validation rows by the
-            # number of steps done before them
-            self._prepare_csv(self.log_csv, LOG_FIELDS, self.step - 1)
-            if self.val_csv and self.val_set is not None:
-                self._prepare_csv(self.val_csv, VAL_FIELDS, self.step)
-        bar = None
-        if self.is_main and c.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=c.steps, initial=self.step, unit="step", dynamic_ncols=True,
-                       desc=f"train {c.preset}/{c.variant}", file=sys.stderr)
+        self._open_logs()
+        bar = self._progress_bar()
         t0 = time.time()
-        last = {}
         first_step = self.step
+        with self._stop_on_sigterm():
+            try:
+                last = self._run_steps(bar, t0, first_step)
+            except KeyboardInterrupt:
+                if not self.distributed and self.ckpt_dir and self.step > first_step:
+                    path = self.save_checkpoint()
+                    print(f"interrupted: checkpoint {path} written at step {self.step}", file=sys.stderr)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        return self._end_of_run(first_step, last, t0)
+
+    def _open_logs(self) -> None:
+        if not (self.is_main and self.log_csv):
+            return
+        # train rows are numbered by the step they ran (0-based), validation rows by the
+        # number of steps done before them
+        self._prepare_csv(self.log_csv, LOG_FIELDS, self.step - 1)
+        if self.val_csv and self.val_set is not None:
+            self._prepare_csv(self.val_csv, VAL_FIELDS, self.step)
+
+    def _progress_bar(self):
+        c = self.cfg
+        if not (self.is_main and c.progress):
+            return None
+        from tqdm import tqdm
+        return tqdm(total=c.steps, initial=self.step, unit="step", dynamic_ncols=True,
+                    desc=f"train {c.preset}/{c.variant}", file=sys.stderr)
+
+    @contextlib.contextmanager
+    def _stop_on_sigterm(self):
+        """SIGTERM (a session ending, a job scheduler) finishes the step, then checkpoints."""
         previous_term = None
         if threading_is_main():
-            # SIGTERM (a session ending, a job scheduler) finishes the step, then checkpoints
             previous_term = signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         try:
-            end = c.steps if c.stop_at is None else min(c.steps, c.stop_at)
-            loader = iter(self._loader()) if self.step < end else iter(())
-            while self.step < end and self._stop_reason is None:
-                step = self.step
-                reseed_all(c.seed, step, self.rank)
-                batch = next(loader)
-                last = self.train_step(batch, step)
-                self.step = step + 1
-                if self.is_main:
-                    if self.log_csv and (step % c.log_every == 0 or self.step == c.steps):
-                        self._append_csv(self.log_csv, LOG_FIELDS,
-                                         dict(last, step=step, time=time.time() - t0))
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{last['loss']:.3g}", bpp=f"{last['bpp_total']:.3f}",
-                                        psnr=f"{last['psnr_rgb']:.2f}",
-                                        pairs_s=f"{c.batch_size * self.world * (self.step - first_step) / max(time.time() - t0, 1e-9):.2f}")
-                    if last.get("skipped"):
-                        print(f"warning: step {step}: non-finite loss, update skipped", file=sys.stderr)
-                if self.val_set is not None and (self.step % c.val_every == 0 or self.step == c.steps):
-                    if self.is_main:
-                        for row in self.validate():
-                            if self.val_csv:
-                                self._append_csv(self.val_csv, VAL_FIELDS, row)
-                            if bar is not None:
-                                bar.write(f"val step {row['step']} q{row['quality']}: "
-                                          f"bpp {row['bpp_total']:.4f} rgb {row['psnr_rgb']:.2f} dB "
-                                          f"depth rmse {row['depth_rmse_mm']:.1f} mm")
-                    if self.distributed:
-                        dist.barrier()
-                if self.step % c.checkpoint_every == 0 and self.step < end:
-                    self.save_checkpoint()
-                if self.step % c.snapshot_every == 0 and self.step < end:
-                    self.save_snapshot()
-                if c.time_budget_s is not None and time.time() - t0 >= c.time_budget_s:
-                    self.request_stop(f"time budget of {c.time_budget_s:g} s reached")
-            if self._stop_reason and self.is_main:
-                print(f"stopping at step {self.step}: {self._stop_reason}", file=sys.stderr)
-        except KeyboardInterrupt:
-            if not self.distributed and self.ckpt_dir and self.step > first_step:
-                path = self.save_checkpoint()
-                print(f"interrupted: checkpoint {path} written at step {self.step}", file=sys.stderr)
-            raise
+            yield
         finally:
-            if bar is not None:
-                bar.close()
             if previous_term is not None:
                 signal.signal(signal.SIGTERM, previous_term)
+
+    def _run_steps(self, bar, t0: float, first_step: int) -> Dict:
+        """Train until the last step (--steps, --stop-at) or a stop request; the last step's stats.
+
+        Everything a step draws comes from its number (re-seeded generators, the loader's sampler
+        from the current step, the schedule), which is what makes resumed and lockstep runs repeat."""
+        c = self.cfg
+        last = {}
+        end = c.steps if c.stop_at is None else min(c.steps, c.stop_at)
+        loader = iter(self._loader()) if self.step < end else iter(())
+        while self.step < end and self._stop_reason is None:
+            step = self.step
+            reseed_all(c.seed, step, self.rank)
+            batch = next(loader)
+            last = self.train_step(batch, step)
+            self.step = step + 1
+            if self.is_main:
+                self._log_train_row(step, last, bar, t0, first_step)
+            self._validate_if_due(bar)
+            self._save_if_due(end)
+            if c.time_budget_s is not None and time.time() - t0 >= c.time_budget_s:
+                self.request_stop(f"time budget of {c.time_budget_s:g} s reached")
+        if self._stop_reason and self.is_main:
+            print(f"stopping at step {self.step}: {self._stop_reason}", file=sys.stderr)
+        return last
+
+    def _log_train_row(self, step: int, row: Dict, bar, t0: float, first_step: int) -> None:
+        c = self.cfg
+        if self.log_csv and (step % c.log_every == 0 or self.step == c.steps):
+            self._append_csv(self.log_csv, LOG_FIELDS, dict(row, step=step, time=time.time() - t0))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3g}", bpp=f"{row['bpp_total']:.3f}",
+                            psnr=f"{row['psnr_rgb']:.2f}",
+                            pairs_s=f"{c.batch_size * self.world * (self.step - first_step) / max(time.time() - t0, 1e-9):.2f}")
+        if row.get("skipped"):
+            print(f"warning: step {step}: non-finite loss, update skipped", file=sys.stderr)
+
+    def _validate_if_due(self, bar) -> None:
+        """Every --val-every steps and after the last: rank 0 validates while the others wait."""
+        c = self.cfg
+        if self.val_set is None or not (self.step % c.val_every == 0 or self.step == c.steps):
+            return
+        if self.is_main:
+            for row in self.validate():
+                if self.val_csv:
+                    self._append_csv(self.val_csv, VAL_FIELDS, row)
+                if bar is not None:
+                    bar.write(f"val step {row['step']} q{row['quality']}: "
+                              f"bpp {row['bpp_total']:.4f} rgb {row['psnr_rgb']:.2f} dB "
+                              f"depth rmse {row['depth_rmse_mm']:.1f} mm")
+        if self.distributed:
+            dist.barrier()
+
+    def _save_if_due(self, end: int) -> None:
+        """The periodic checkpoint and snapshot (the last step's are written by ``_end_of_run``)."""
+        c = self.cfg
+        if self.step % c.checkpoint_every == 0 and self.step < end:
+            self.save_checkpoint()
+        if self.step % c.snapshot_every == 0 and self.step < end:
+            self.save_snapshot()
+
+    def _end_of_run(self, first_step: int, last: Dict, t0: float) -> Dict:
+        """Final checkpoint and snapshot, the export once every step is done; the run's result."""
+        c = self.cfg
         if self.step > first_step:       # the same decision on every rank (collective save)
             self.save_checkpoint()
             self.save_snapshot()

@@ -20,8 +20,9 @@ separate model's inputs to its outputs; everything else that leaves those output
   a dead unit (no gradient ever reaches it);
 - a skip connection that becomes a 1x1 convolution (the synthesis residual blocks): identity on
   the own channels, zero on the others;
-- modules only the cross-modal model has (Bi-CPT attention, ``local_rgb_full``) keep their fresh
-  initialisation: what they produce meets zero weights.
+- modules only the cross-modal model has (the Bi-CPTs, ``local_rgb_full``) keep their fresh
+  initialisation: what they produce meets zero weights. (A source built by older code also held
+  Bi-CPT embeddings, never trained; where present they are copied, which changes nothing.)
 """
 from __future__ import annotations
 

@@ -14,10 +14,11 @@ from ..base import (LEARNED_DEFAULT_MAX_PIXELS, CodecBackend, CodecError, Encode
 from . import bitstream as bs
 from .depth import (decode_far_depth, decode_mask, depth_to_metres, encode_far_depth, encode_mask, fill_holes,
                     far_step, normalise, restore_depth)
-from .model import PAD_MULTIPLE, LatentMismatch, RGBDCompressionModel, load_model
+from .model import PAD_MULTIPLE, LatentMismatch, RGBDCompressionModel
 from .runtime import RUNTIMES, RuntimeUnavailable, make_runtime
 from .schema import MAX_THREADS, OPTION_SCHEMA
 from .weights_check import WeightsError
+from .weights_io import load_model
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "models")
 #: the weights an encoder uses unless told otherwise: the `separate` variant, because at the

@@ -1,13 +1,22 @@
-"""Fast exact convolutions of the entropy-parameter path: 7-bit digits through an int8 GEMM.
+"""Fast exact convolutions of the entropy-parameter path: 7-bit digits through an int8 GEMM,
+where this CPU's int8 GEMM is fast.
 
 Why: the probability path works on integers held in float64 (see fixedpoint.py), and torch
 has no fast float64 convolution on the CPU (``F.conv2d`` in float64 is its generic
-``_slow_conv2d_forward``, im2col + dgemm). Measured on this project's 2-core machine, neither
-an own im2col + float64 GEMM (the same work) nor float32 with operands split so that every
-partial sum stays below 2**24 wins: with 12-bit weights and activations up to 2**16, the
-float32 split needs at least four products, each costing about a quarter of the float64 one.
-Integer arithmetic does: ``torch._int_mm`` (int8 x int8 -> int32, oneDNN on the CPU) runs
-about 10x faster than a float64 GEMM of the same shape.
+``_slow_conv2d_forward``, im2col + dgemm). Measured on a 2-core AMD EPYC with AVX-512 VNNI
+(session 3), neither an own im2col + float64 GEMM (the same work) nor float32 with operands
+split so that every partial sum stays below 2**24 wins: with 12-bit weights and activations
+up to 2**16, the float32 split needs at least four products, each costing about a quarter of
+the float64 one. Integer arithmetic does there: ``torch._int_mm`` (int8 x int8 -> int32,
+oneDNN on the CPU) runs about 10x faster than a float64 GEMM of the same shape.
+
+Not on every CPU. On a 2-core AMD EPYC with AVX2 only (torch's CPU capability ``AVX2``, no
+VNNI; session 6) ``torch._int_mm`` is a slow generic loop: 0.65 GMAC/s, 7x slower than a
+float64 GEMM of the same shape, so the digit path made a whole lite decode 5.5x slower (3.8 s
+against 0.69 s for the tiny test model at 640x480) and a 128->96 5x5 layer at 30x40 took 35 s
+against 59 ms. So ``auto`` measures both kernels once per process on a small probe layer
+(:func:`kernel_choice`) and uses the int8 digits only where they win by a margin. Both are
+exact, so the choice changes the speed and never a bit of the output.
 
 How, and why it is exact:
 
@@ -30,7 +39,8 @@ partial sum is below 2**53; ``max|x| * max_o sum|w[o]|`` (plus the bias) bounds 
 is computed for every call. Within that bound both paths give the true integer sums, hence
 the same bits. Outside it (never seen with trained weights, whose sums stay near 2**31),
 and for anything the int8 path does not cover (other devices, more than ``MAX_DIGITS``
-digits, tiny outputs, a failed self-test of the int8 kernel), the reference runs, i.e.
+digits, tiny outputs, a failed self-test of the int8 kernel, a CPU where ``auto`` measured
+the int8 digits slower), the reference runs, i.e.
 exactly what ran before. The self-test runs once per process: extreme digit values against
 an int64 product.
 """
@@ -59,12 +69,19 @@ MIN_POSITIONS = 16
 #: than the float64 GEMM it saves (measured on the lite model: 1x1 over 256 channels is 1.0 ms
 #: in float64, 5.8 ms as digits; 5x5 over 48 channels gains)
 MIN_K = 512
-#: kernels: "auto" (int8 digits where covered, else the reference), "reference" (float64 F.conv2d)
-KERNELS = ("auto", "reference")
+#: kernels: "auto" (int8 digits where covered and measured faster on this CPU, else the
+#: reference), "int8" (int8 digits wherever covered, whatever their speed), "reference"
+#: (float64 F.conv2d)
+KERNELS = ("auto", "int8", "reference")
+#: the int8 digits must beat the reference by this factor on the probe to be chosen by "auto"
+#: (a near tie is not worth the digit bookkeeping's extra memory)
+INT8_MARGIN = 1.25
 
 _state = threading.local()
 _selftest: Optional[bool] = None
 _selftest_lock = threading.Lock()
+_choice: Optional[dict] = None
+_choice_lock = threading.Lock()
 
 
 def _kernel() -> str:
@@ -78,7 +95,7 @@ def _kernel() -> str:
 
 @contextlib.contextmanager
 def exact_kernel(name: str):
-    """Select the exact convolution kernel inside the block (this thread): auto | reference."""
+    """Select the exact convolution kernel inside the block (this thread): auto | int8 | reference."""
     if name not in KERNELS:
         raise ValueError(f"exact kernel must be one of {KERNELS}, got {name!r}")
     before = getattr(_state, "kernel", None)
@@ -154,6 +171,48 @@ def _run_selftest() -> bool:
         return False
 
 
+def kernel_choice() -> dict:
+    """Once per process: which exact kernel ``auto`` uses on this CPU, and the timings behind it.
+
+    One probe layer (5x5, 32 -> 32 channels, 16x24 positions, activations of 3 digits: the
+    shape of the entropy path's context convolutions, scaled down so that the probe costs a
+    few ms where int8 is fast and about 0.1 s where it is not), each kernel run once to warm
+    up and then timed as the best of two. -> {"kernel": "int8" | "reference", "int8_ms",
+    "reference_ms"}; "int8_ms" is None where the int8 GEMM is missing or failed its self-test.
+    """
+    global _choice
+    if _choice is None:
+        with _choice_lock:
+            if _choice is None:
+                _choice = _measure_choice()
+    return dict(_choice)
+
+
+def _measure_choice() -> dict:
+    import time
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-2 ** 15, 2 ** 15, (1, 32, 16, 24), generator=g).double()
+    w = torch.randint(-2047, 2048, (32, 32, 5, 5), generator=g).double()
+    ref_ms = _best_ms(lambda: F.conv2d(x, w, None, 1, 2), time.perf_counter)
+    if not int8_gemm_ok():
+        return {"kernel": "reference", "int8_ms": None, "reference_ms": ref_ms}
+    wd = WeightDigits()
+    with exact_kernel("int8"):
+        int8_ms = _best_ms(lambda: conv2d(x, w, wd, 0.0, (1, 1), (2, 2)), time.perf_counter)
+    kernel = "int8" if int8_ms * INT8_MARGIN < ref_ms else "reference"
+    return {"kernel": kernel, "int8_ms": int8_ms, "reference_ms": ref_ms}
+
+
+def _best_ms(fn, clock) -> float:
+    fn()                                    # warm-up (oneDNN primitives, weight digits)
+    best = float("inf")
+    for _ in range(2):
+        t = clock()
+        fn()
+        best = min(best, clock() - t)
+    return best * 1e3
+
+
 class WeightDigits:
     """A layer's integer weights as stacked int8 digit matrices, rebuilt when the weights change."""
 
@@ -192,7 +251,8 @@ def _combine(r: torch.Tensor, nw: int, rows: int, nx: int, cols: int) -> torch.T
 
 def _use_int8(x: torch.Tensor, wd: WeightDigits, bias_max: float, k: int, positions: int) -> int:
     """Digits of x for the int8 path, or 0 for the reference kernel."""
-    if (_kernel() != "auto" or x.device.type != "cpu" or positions < MIN_POSITIONS
+    kernel = _kernel()
+    if (kernel == "reference" or x.device.type != "cpu" or positions < MIN_POSITIONS
             or not MIN_K <= k <= MAX_K):
         return 0
     max_x = float(x.abs().max()) if x.numel() else 0.0
@@ -200,6 +260,8 @@ def _use_int8(x: torch.Tensor, wd: WeightDigits, bias_max: float, k: int, positi
         return 0
     nx = digits_needed(max_x)
     if nx > MAX_DIGITS or wd.nw > MAX_DIGITS or not int8_gemm_ok():
+        return 0
+    if kernel == "auto" and kernel_choice()["kernel"] != "int8":
         return 0
     return nx
 

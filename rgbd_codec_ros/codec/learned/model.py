@@ -4,13 +4,14 @@
 ``decompress`` code real rANS streams through the exact entropy path, and
 ``reconstruct`` is the model's own quantised reconstruction (the same exact
 path without the entropy coder), which ``decompress(compress(x))`` equals.
+Weights files (export, loading, model ids) are ``weights_io.py``'s.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -355,14 +356,10 @@ class RGBDCompressionModel(nn.Module):
         self.frozen = False
 
     def export_weights(self, path, metadata: Optional[dict] = None) -> str:
-        """Write finished weights (transforms in fp16, entropy path exact) and return the model id."""
-        if not self.frozen:
-            self.freeze()
-        state = {k: _export_tensor(k, v.detach().cpu()) for k, v in self.state_dict().items()}
-        meta = dict(metadata or {})
-        meta.update({"preset": asdict(self.preset), "variant": self.variant, "format": WEIGHTS_FORMAT})
-        torch.save({"state_dict": state, "metadata": meta}, path)
-        return weights_id(meta.get("name", self.preset.name), state)
+        """Write finished weights and return the model id (``weights_io.export_weights``)."""
+        # imported here: weights_io builds models, so it imports this module
+        from .weights_io import export_weights
+        return export_weights(self, path, metadata)
 
 
 def rans_guard(data: bytes, symbols: int) -> bytes:
@@ -398,28 +395,6 @@ def _synthesis_threads(device: torch.device, single: bool):
 _FROZEN_ONLY = ("w_int", "b_int", "shift") + TABLE_BUFFERS
 
 
-def _export_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
-    """Storage type of one tensor in exported weights.
-
-    Integer weights of the exact path fit int16; their biases and shifts, the
-    bottleneck medians and the gains stay exact. Every other float (transform
-    weights, and the float twins of exact layers, unused once frozen) is fp16.
-    """
-    if name.endswith(".w_int"):
-        return v.to(torch.int16)
-    if name.endswith((".b_int", ".shift", ".quantiles")) or ".log_gain." in name or ".log_inv_gain." in name:
-        return v
-    if _is_constant(name):    # 1e-9 likelihood bound: not representable in fp16
-        return v.float()
-    return v.half() if v.is_floating_point() else v
-
-
-def _import_tensor(name: str, v: torch.Tensor) -> torch.Tensor:
-    if name.endswith(".w_int"):
-        return v.to(torch.float64)
-    return v.float() if v.dtype == torch.float16 else v
-
-
 class LatentMismatch(RuntimeError):
     pass
 
@@ -432,57 +407,10 @@ def latent_hash(z_fixed: Dict[str, torch.Tensor], y_fixed: Dict[str, torch.Tenso
     return h.digest()[:8]
 
 
-def state_hash(state: Dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def weights_id(name: str, state: Dict[str, torch.Tensor]) -> str:
-    return f"{name}@{state_hash(state)[:12]}"
-
-
 def build_model(preset: str = "lite", variant: str = "joint") -> RGBDCompressionModel:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
     return RGBDCompressionModel(PRESETS[preset], variant)
-
-
-def load_model(path, device: str = "cpu") -> Tuple[RGBDCompressionModel, dict]:
-    """Load exported weights; the coder tables and integer weights come from the file, not recomputed.
-
-    The file is untrusted: it is read without running code (``weights_only``), its preset is
-    checked against hard limits and every tensor's shape against the model the preset builds
-    (on torch's meta device, which allocates nothing) before any real memory is taken. Any
-    problem is a :class:`WeightsError` that says what is wrong.
-    """
-    from .weights_check import WeightsError, check_weights_blob, read_weights_blob
-    blob = read_weights_blob(path)
-    meta, state, preset, variant = check_weights_blob(blob, path)
-    model = RGBDCompressionModel(preset, variant)
-    _resize_buffers_like(model, state)
-    own = model.state_dict()
-    try:
-        model.load_state_dict({k: _import_tensor(k, v) for k, v in state.items()
-                               if not _is_constant(k)}, strict=False)
-    except RuntimeError as exc:
-        raise WeightsError(f"{path}: tensors do not fit the {preset.name}/{variant} model: "
-                           f"{str(exc).splitlines()[0][:300]}") from None
-    missing = [k for k in own if k not in state and not _is_constant(k)]
-    if missing:
-        raise WeightsError(f"{path}: weights file lacks {len(missing)} tensors of the "
-                           f"{preset.name}/{variant} model, e.g. {missing[0]}")
-    model.frozen = True
-    meta = dict(meta)
-    meta["model_id"] = weights_id(meta.get("name", preset.name), state)
-    return model.to(device).eval(), meta
-
-
-#: version 2 keeps the lower-bound constants in fp32 (version 1 stored them in fp16: 1e-9 -> 0;
-#: such files still load, and the constants come from the code)
-WEIGHTS_FORMAT = 2
 
 
 def _is_constant(name: str) -> bool:
@@ -490,10 +418,24 @@ def _is_constant(name: str) -> bool:
     return name.endswith(".bound")
 
 
-def _resize_buffers_like(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
-    """Coder tables and exact weights change shape when frozen; match the file's shapes."""
-    for name, buf in list(model.named_buffers()):
-        if name in state and state[name].shape != buf.shape:
-            mod_name, _, attr = name.rpartition(".")
-            mod = model.get_submodule(mod_name) if mod_name else model
-            setattr(mod, attr, torch.zeros(state[name].shape, dtype=buf.dtype))
+def retired_tensors(preset: Preset, variant: str) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of tensors that weights of this model written by older code hold and that
+    the model no longer has. Loaders skip exactly these names; any other unknown tensor stays
+    an error.
+
+    The ``separate`` variant used to build the Bi-CPT embedding convolutions of g_a and g_s and
+    drop their output (it has no cross-modal link to feed); files and training checkpoints of
+    that time hold their 24 tensors, never trained since nothing read them.
+    """
+    if any(VARIANT_LINKS[variant]):
+        return {}
+    # the shapes those layers had (3x3, N -> N/2), fixed here: they describe old files
+    half = preset.N // 2
+    shapes = {}
+    for part in ("g_a", "g_s"):
+        for i in range(3):
+            for m in MODALITIES:
+                layer = f"{part}.cpt.{i}.embed_{m}.0"
+                shapes[layer + ".weight"] = (half, preset.N, 3, 3)
+                shapes[layer + ".bias"] = (half,)
+    return shapes

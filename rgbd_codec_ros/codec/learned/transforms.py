@@ -78,18 +78,26 @@ class BiCPT(nn.Module):
 
     def __init__(self, channels: int, rgb_to_depth: bool = True, depth_to_rgb: bool = True):
         super().__init__()
+        if not (rgb_to_depth or depth_to_rgb):
+            raise ValueError("a Bi-CPT needs at least one direction (the separate variant has none)")
         half = channels // 2
+        # both embeddings feed either direction's attention (the other modality and the own one)
         self.embed_rgb = nn.Sequential(nn.Conv2d(channels, half, 3, padding=1), nn.ReLU(inplace=True))
         self.embed_depth = nn.Sequential(nn.Conv2d(channels, half, 3, padding=1), nn.ReLU(inplace=True))
         self.esa_rgb = EnhancedSpatialAttention(2 * half) if depth_to_rgb else None
         self.esa_depth = EnhancedSpatialAttention(2 * half) if rgb_to_depth else None
-        self.out_channels = 2 * half
+        self.out_channels = transfer_channels(channels)
 
     def forward(self, f_rgb, f_depth) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         e_r, e_d = self.embed_rgb(f_rgb), self.embed_depth(f_depth)
         t_r = self.esa_rgb(torch.cat([e_r, e_d], 1)) if self.esa_rgb is not None else None
         t_d = self.esa_depth(torch.cat([e_d, e_r], 1)) if self.esa_depth is not None else None
         return t_r, t_d
+
+
+def transfer_channels(channels: int) -> int:
+    """Width of a Bi-CPT's transferred feature (two half-width embeddings side by side)."""
+    return 2 * (channels // 2)
 
 
 def _join(f, t):
@@ -99,15 +107,23 @@ def _join(f, t):
 class _TwoBranches(nn.Module):
     """Two branches of four stages with a Bi-CPT after each of the first three.
 
-    Subclasses build ``self.rgb``, ``self.depth`` (four stages each) and ``self.cpt``.
+    Subclasses build ``self.rgb``, ``self.depth`` (four stages each) and ``self.cpt``: three
+    Bi-CPTs, or none for a variant without cross-modal links (the branches never meet).
     """
 
     def forward(self, x_r, x_d):
         for i in range(3):
             x_r, x_d = self.rgb[i](x_r), self.depth[i](x_d)
-            t_r, t_d = self.cpt[i](x_r, x_d)
-            x_r, x_d = _join(x_r, t_r), _join(x_d, t_d)
+            if self.cpt:
+                t_r, t_d = self.cpt[i](x_r, x_d)
+                x_r, x_d = _join(x_r, t_r), _join(x_d, t_d)
         return self.rgb[3](x_r), self.depth[3](x_d)
+
+
+def _transfers(N: int, variant: str) -> nn.ModuleList:
+    """The three Bi-CPTs of a two-branch transform; none where the variant has no link."""
+    r2d, d2r = VARIANT_LINKS[variant]
+    return nn.ModuleList([BiCPT(N, r2d, d2r) for _ in range(3)] if r2d or d2r else [])
 
 
 class JointAnalysis(_TwoBranches):
@@ -116,8 +132,8 @@ class JointAnalysis(_TwoBranches):
     def __init__(self, N: int, M: int, variant: str = "joint", res_blocks: int = 3):
         super().__init__()
         r2d, d2r = VARIANT_LINKS[variant]
-        self.cpt = nn.ModuleList([BiCPT(N, r2d, d2r) for _ in range(3)])
-        t = self.cpt[0].out_channels
+        self.cpt = _transfers(N, variant)
+        t = transfer_channels(N)
         w_r = N + (t if d2r else 0)   # width after join, rgb branch
         w_d = N + (t if r2d else 0)
 
@@ -141,8 +157,8 @@ class JointSynthesis(_TwoBranches):
     def __init__(self, N: int, M: int, variant: str = "joint", res_blocks: int = 2):
         super().__init__()
         r2d, d2r = VARIANT_LINKS[variant]
-        self.cpt = nn.ModuleList([BiCPT(N, r2d, d2r) for _ in range(3)])
-        t = self.cpt[0].out_channels
+        self.cpt = _transfers(N, variant)
+        t = transfer_channels(N)
         w_r = N + (t if d2r else 0)
         w_d = N + (t if r2d else 0)
 

@@ -8,12 +8,14 @@ can write to), so a file is treated like any other untrusted input:
 - its preset must be one of the known presets, or a custom one inside hard limits (a file
   that declares a giant model would otherwise take gigabytes before any check);
 - the model is first built on torch's ``meta`` device, which allocates nothing, and every
-  tensor of the file is compared by name and shape with it;
+  tensor of the file is compared by name and shape with it (or, for the few tensors older
+  code wrote and the model no longer has, ``model.retired_tensors``, with their old shapes);
 - the coder tables the rANS decoder will index are checked for the invariants that the
   native decoder assumes (lengths within their rows, CDFs that start at 0, rise strictly and
   end at 2**16), since a forged table would make it read out of bounds.
 
 Every failure is a :class:`WeightsError` whose message names the file and what is wrong.
+Writing weights files and building a model from a checked one is ``weights_io.py``'s job.
 """
 from __future__ import annotations
 
@@ -153,7 +155,7 @@ def _check_tables(state: Dict[str, torch.Tensor], path) -> None:
 
 def check_weights_blob(blob, path) -> Tuple[dict, Dict[str, torch.Tensor], object, str]:
     """(metadata, state_dict, preset, variant) of a loaded weights blob, or WeightsError."""
-    from .model import RGBDCompressionModel
+    from .model import RGBDCompressionModel, retired_tensors
     from .transforms import VARIANT_LINKS
     if not isinstance(blob, dict) or not isinstance(blob.get("metadata"), dict) or \
             not isinstance(blob.get("state_dict"), dict):
@@ -178,7 +180,14 @@ def check_weights_blob(blob, path) -> Tuple[dict, Dict[str, torch.Tensor], objec
     with torch.device("meta"):
         skeleton = RGBDCompressionModel(preset, variant)
     own = skeleton.state_dict()
+    # tensors that files of older code hold and the model no longer has: known names and shapes only
+    retired = retired_tensors(preset, variant)
     for k, v in state.items():
+        if k in retired:
+            if tuple(v.shape) != retired[k]:
+                raise WeightsError(f"{path}: retired tensor {k} has shape {tuple(v.shape)}, "
+                                   f"files of the {preset.name}/{variant} model held {retired[k]}")
+            continue
         if k not in own:
             raise WeightsError(f"{path}: tensor {k!r} is not part of the {preset.name}/{variant} model")
         attr = k.rsplit(".", 1)[-1]
