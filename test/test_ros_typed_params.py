@@ -292,3 +292,46 @@ def test_decoder_typed_parameters(node_processes, probe_factory):
     assert params.set("classical.video_threads", 3).successful
     assert params.get("classical.video_threads")["classical.video_threads"] == 3
     assert decoder.alive() and "Traceback" not in decoder.log()
+
+
+def _diagnostics_value(side, key: str, condition, timeout: float = 30.0) -> str:
+    """The value of ``key`` in the first /diagnostics status of this encoder for which
+    ``condition(value)`` holds."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    name = side.encoder_name
+    seen = []
+
+    def on_array(msg):
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name.startswith(name + ":") and key in values:
+                seen.append(values[key])
+    sub = side.probe.node.create_subscription(DiagnosticArray, "/diagnostics", on_array, 10)
+    try:
+        assert side.probe.spin_until(lambda: any(condition(v) for v in seen), timeout), (key, seen[-5:])
+        return next(v for v in seen if condition(v))
+    finally:
+        side.probe.node.destroy_subscription(sub)
+
+
+def test_depth_share_follows_the_colour_codec_unless_set(encoder_rig):
+    """depth_share's default (negative: automatic) gives depth 0.6 of the budget beside video
+    colour and 0.35 beside intra colour; a value in 0..1 overrides that, live, and -1 restores it."""
+    side, params = encoder_rig({"target_kbps": 3000.0, "codec_options": "color_codec=h264",
+                                "diagnostics_period": 0.2}, "share_auto")
+    side.encoder_name = f"{side.probe.node.get_namespace().rstrip('/')}/rgbd_encoder"
+    d = params.describe("depth_share")["depth_share"]
+    assert params.get("depth_share")["depth_share"] == -1.0 and "automatic" in d.description
+    assert d.floating_point_range[0].from_value == -1.0
+    side.code_one()
+    assert float(_diagnostics_value(side, "depth_share_in_force", lambda v: float(v) == 0.6)) == 0.6
+    assert params.set("classical.color_codec", "jpeg").successful
+    side.code_one()
+    _diagnostics_value(side, "depth_share_in_force", lambda v: float(v) == 0.35)
+    assert params.set("depth_share", 0.5).successful
+    _diagnostics_value(side, "depth_share_in_force", lambda v: float(v) == 0.5)
+    assert params.set("depth_share", -1.0).successful
+    _diagnostics_value(side, "depth_share_in_force", lambda v: float(v) == 0.35)
+    assert not params.set("depth_share", 1.5).successful       # outside the descriptor's range
+    assert side.encoder.alive() and "Traceback" not in side.encoder.log()

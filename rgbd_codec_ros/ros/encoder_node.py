@@ -79,6 +79,11 @@ RATE_OPTIONS = {"classical": ("color_quality", "depth_codec", "depth_max_error_m
 #: share of the colour budget handed to a video encoder's own rate control (its VBV lets a
 #: keyframe overshoot a little; the message fields and camera infos ride outside it)
 VIDEO_RATE_SHARE = 0.9
+#: depth_share when the parameter is negative (automatic), by colour codec: measured on the
+#: D4xx frames at 1000 kbit/s (benchmarks/bench_teleop_sim.py, docs/results/teleop.json), 0.6
+#: suits H.264 colour and 0.35 JPEG colour
+AUTO_DEPTH_SHARE_VIDEO = 0.6
+AUTO_DEPTH_SHARE_INTRA = 0.35
 #: codec options the node's own parameters own
 NODE_OWNED_OPTIONS = {"keyframe_interval": "keyframe_interval"}
 #: backends whose options are typed parameters of this node
@@ -134,9 +139,11 @@ def _node_parameter_specs(d) -> Dict[str, tuple]:
                                "by choosing each frame's settings (and skipping frames when even the "
                                "cheapest do not fit); 0 = off (live). A target below what one frame "
                                "at the cheapest settings needs is refused", float_range=(0.0, 1.0e6))),
-        "depth_share": (0.35, d("Share of each frame's budget for depth under rate control (classical; "
-                                "what one stream leaves unused goes to the other) (live)",
-                                float_range=(0.0, 1.0))),
+        "depth_share": (-1.0, d("Share of each frame's budget for depth under rate control (classical; "
+                                "what one stream leaves unused goes to the other); negative = automatic: "
+                                f"{AUTO_DEPTH_SHARE_VIDEO:g} with a temporal colour codec (h264, hevc, av1), "
+                                f"{AUTO_DEPTH_SHARE_INTRA:g} with an intra one (live)",
+                                float_range=(-1.0, 1.0))),
         "keyframe_interval": (30, d("Temporal colour codecs (codec_options color_codec=h264, hevc, av1): a "
                                     "keyframe every this many frames; 0 = only the first and on request (live)",
                                     int_range=(0, 100000))),
@@ -342,7 +349,7 @@ class EncoderNode(Node):
         elif self._rc is not None and ("target_kbps" in changes or "adapt_to_link" in changes):
             self._retarget()
         if self._rc is not None and "depth_share" in changes:
-            self._rc.depth_share = changes["depth_share"]
+            self._rc.depth_share = self._depth_share()
             self._set_rate_target()
         return common.result(None)
 
@@ -463,12 +470,22 @@ class EncoderNode(Node):
         if self._video_colour():
             # colour gets its share; depth gets at least its own, and whatever colour left unused
             # over the last second (a static scene costs the video encoder little)
-            share = self._params["depth_share"]
+            share = self._depth_share()
             colour_kbps = self._colour_window.bits(time.monotonic()) / 1000.0
             self._rc.set_target(max(target * share, target - colour_kbps))
             self._backend.configure(color_bitrate_kbps=max(10.0, target * (1 - share) * VIDEO_RATE_SHARE))
         else:
             self._rc.set_target(target)
+
+    def _depth_share(self) -> float:
+        """depth_share in force: the parameter, or where it is negative the share that suits the
+        colour codec. Video colour is cheap (H.264 at 250-350 kbit/s gives 34-35 dB on the D4xx
+        frames) and depth is what costs there; intra JPEG colour is what costs
+        (docs/ratecontrol.md, benchmarks/bench_teleop_sim.py)."""
+        share = self._params["depth_share"]
+        if share >= 0:
+            return share
+        return AUTO_DEPTH_SHARE_VIDEO if self._video_colour() else AUTO_DEPTH_SHARE_INTRA
 
     def _video_colour(self) -> bool:
         return self._backend.name == "classical" and self._backend.temporal
@@ -478,7 +495,7 @@ class EncoderNode(Node):
         if codec == "classical" and self._video_colour():
             # the video encoder keeps its own share (its rate control): the controller sees depth only
             lossless = lossless_depth_codec(options)
-            return ratecontrol.RateController(target * self._params["depth_share"],
+            return ratecontrol.RateController(target * self._depth_share(),
                                               [ratecontrol.classical_depth_ladder(lossless)])
         if codec == "learned":
             rungs, prior = ratecontrol.learned_ladder()
@@ -495,7 +512,7 @@ class EncoderNode(Node):
         else:
             lossless = lossless_depth_codec(options)
             streams = [ratecontrol.classical_color_ladder(), ratecontrol.classical_depth_ladder(lossless)]
-        return ratecontrol.RateController(target, streams, depth_share=self._params["depth_share"])
+        return ratecontrol.RateController(target, streams, depth_share=self._depth_share())
 
     def _controller(self) -> ratecontrol.RateController:
         key = self._controller_key()
@@ -880,6 +897,7 @@ class EncoderNode(Node):
                   "codec_pending": self._target[0] if self._builder.busy else "",
                   "target_kbps": self._params["target_kbps"],
                   "target_in_force_kbps": self._target_in_force() if self._rate_on() else 0.0,
+                  "depth_share_in_force": self._depth_share(),
                   "rate_skips": self._rate_skips, "recoded": self._recoded, "superseded": self._superseded,
                   "feedback_refused": self._feedback_refused, "sequence": self._sequence,
                   "keyframes": self._keyframes, "keyframe_requests": self._keyframe_requests,
