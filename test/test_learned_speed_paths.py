@@ -332,3 +332,47 @@ def test_onnxruntime_pixel_exact_decodes_do_not_depend_on_threads(trained_tiny_w
     fast = LearnedBackend(weights=trained_tiny_weights, device="cpu", runtime="onnxruntime",
                           pixel_exact=False).decode(payload)
     assert np.abs(fast.color.astype(int) - outs[0].color.astype(int)).max() <= rt.COLOR_TOLERANCE_LEVELS
+
+
+# ------------------------------------------------------------------ the checkerboard-only last layer
+def test_last_convolution_at_checkerboard_phases_equals_the_full_one():
+    """forward_exact_at gives forward_exact's integers at every position of the phases and zeros
+    elsewhere, for odd and even sizes, both kernels and both checkerboard halves."""
+    from rgbd_codec_ros.codec.learned.entropy import ANCHOR, CHECKERBOARD_PHASES, NON_ANCHOR, checkerboard
+    from rgbd_codec_ros.codec.learned.fixedpoint import ExactConv2d, freeze_exact, set_exact
+
+    g = torch.Generator().manual_seed(11)
+    for cin, cout, k, (h, w) in [(24, 16, 5, (9, 12)), (24, 16, 5, (8, 7)), (16, 8, 3, (1, 5)), (16, 8, 5, (2, 1))]:
+        conv = ExactConv2d(cin, cout, k)
+        with torch.no_grad():
+            conv.layer.weight.normal_(0, 0.05, generator=g)
+            conv.layer.bias.normal_(0, 0.5, generator=g)
+        freeze_exact(conv)
+        set_exact(conv, True)
+        x = torch.randint(-2 ** 14, 2 ** 14, (2, cin, h, w), generator=g).double()
+        full = conv(x)
+        for which in (ANCHOR, NON_ANCHOR):
+            for kernel in ("reference", "int8"):
+                with ec.exact_kernel(kernel):
+                    got = conv.forward_exact_at(x, CHECKERBOARD_PHASES[which])
+                mask = checkerboard(h, w, which).expand_as(full)
+                assert torch.equal(got[mask], full[mask]), (cin, cout, k, h, w, which, kernel)
+                assert not got[~mask].any()
+
+
+def test_checkerboard_only_parameters_code_the_same_streams(trained_tiny_weights, data_dir, monkeypatch):
+    """The entropy path with the parameter nets' last layer at the coded half only writes the
+    very streams of the full layer, and decodes them to the same images (odd latent sizes too)."""
+    from rgbd_codec_ros.codec.learned.entropy import EntropyParameters
+
+    model, meta = load_model(trained_tiny_weights)
+    frame = _frame(data_dir, size=(272, 208))            # latents 17 x 13: odd both ways
+    out = {}
+    for only in (False, True):
+        monkeypatch.setattr(EntropyParameters, "checkerboard_only", only)
+        be = LearnedBackend(model=model, model_id=meta["model_id"], device="cpu", runtime="torch", quality=2)
+        payload = be.encode(frame).payload
+        out[only] = (payload, be.decode(payload))
+    assert out[True][0] == out[False][0]
+    assert np.array_equal(out[True][1].color, out[False][1].color)
+    assert np.array_equal(out[True][1].depth, out[False][1].depth)

@@ -135,8 +135,17 @@ class CrossModalHyperSynthesis(nn.Module):
 
 
 # --------------------------------------------------------------------------- Bi-CEE parts
+#: checkerboard positions of a step as phases (r0, c0) of the stride-2 lattices r0 + 2i, c0 + 2j
+#: (anchors: row + col odd)
+CHECKERBOARD_PHASES = {ANCHOR: ((0, 1), (1, 0)), NON_ANCHOR: ((0, 0), (1, 1))}
+
+
 class EntropyParameters(ExactSequential):
     """p + SE(p), 1x1 (in/6), ReLU, 3x3 (4/3 out), ReLU, 5x5 -> out = (scales, means)."""
+
+    #: exact mode runs the last convolution only where the step codes (``at``); False runs it
+    #: everywhere (the same bits where it codes: a test compares the two)
+    checkerboard_only = True
 
     def __init__(self, cin: int, cout: int):
         hidden1 = max(cin // 6, 8)
@@ -146,6 +155,18 @@ class EntropyParameters(ExactSequential):
             ExactConv2d(cin, hidden1, 1), ExactReLU(),
             ExactConv2d(hidden1, hidden2, 3), ExactReLU(),
             ExactConv2d(hidden2, cout, 5))
+
+    def at(self, x: torch.Tensor, which: str) -> torch.Tensor:
+        """The parameters of a step that codes the ``which`` half of the checkerboard. In exact
+        mode the last 5x5 convolution (a third of the entropy path's time) runs at those
+        positions only and the rest is zero: the step coders read nothing else. In float mode
+        (training) it is the whole output."""
+        last = self[-1]
+        if not (last.exact and self.checkerboard_only):
+            return self(x)
+        for layer in list(self)[:-1]:
+            x = layer(x)
+        return last.forward_exact_at(x, CHECKERBOARD_PHASES[which])
 
 
 class _ResidualSE(ExactModule):
@@ -237,18 +258,20 @@ class BiCEE(nn.Module):
             base = {m: self._base(m, g, hyper, cc) for m in MODALITIES}
             net = dict(zip(STEPS, self.params[g]))
 
-            r_anchor = coder.code("rgb", g, net["rgb_anchor"](base["rgb"]), ANCHOR)
+            r_anchor = coder.code("rgb", g, net["rgb_anchor"].at(base["rgb"], ANCHOR), ANCHOR)
             rgb_anchor_ctx = self.local_rgb_anchor[g](r_anchor)
 
             d_in = ([rgb_anchor_ctx] if self.r2d else []) + [base["depth"]]
-            d_anchor = coder.code("depth", g, net["depth_anchor"](torch.cat(d_in, 1)), ANCHOR)
+            d_anchor = coder.code("depth", g, net["depth_anchor"].at(torch.cat(d_in, 1), ANCHOR), ANCHOR)
             depth_anchor_ctx = self.local_depth_anchor[g](d_anchor)
 
             r_in = [rgb_anchor_ctx] + ([depth_anchor_ctx] if self.d2r else []) + [base["rgb"]]
-            r_full = r_anchor + coder.code("rgb", g, net["rgb_non_anchor"](torch.cat(r_in, 1)), NON_ANCHOR)
+            r_params = net["rgb_non_anchor"].at(torch.cat(r_in, 1), NON_ANCHOR)
+            r_full = r_anchor + coder.code("rgb", g, r_params, NON_ANCHOR)
 
             d_in = ([self.local_rgb_full[g](r_full)] if self.r2d else []) + [depth_anchor_ctx, base["depth"]]
-            d_full = d_anchor + coder.code("depth", g, net["depth_non_anchor"](torch.cat(d_in, 1)), NON_ANCHOR)
+            d_params = net["depth_non_anchor"].at(torch.cat(d_in, 1), NON_ANCHOR)
+            d_full = d_anchor + coder.code("depth", g, d_params, NON_ANCHOR)
 
             decoded["rgb"].append(r_full)
             decoded["depth"].append(d_full)

@@ -11,10 +11,9 @@ rescaling is by powers of two followed by ``floor``. Nothing on this path uses a
 transcendental function: the gates are hard sigmoids and the leaky ReLU slope is a
 power of two, in training too, so the frozen network computes what was trained.
 
-The exact convolutions run through ``exact_conv.py``: on the CPU as int8 digit GEMMs with int32
-sums that cannot overflow (exact, about 1.2-1.5x faster than float64 on the large layers),
-elsewhere and wherever that path cannot prove exactness as the float64 ``F.conv2d`` reference;
-both give the same integers, bit for bit.
+The exact convolutions run through ``exact_conv.py``: on CPUs with a fast int8 GEMM as int8
+digit GEMMs with int32 sums that cannot overflow, elsewhere (and wherever that path cannot prove
+exactness) as the float64 ``F.conv2d`` reference; both give the same integers, bit for bit.
 """
 from __future__ import annotations
 
@@ -114,6 +113,26 @@ class ExactConv2d(_ExactConvBase):
         acc = exact_conv.conv2d(x, self.w_int, self._digits(), self._bias_max(),
                                 self.layer.stride, self.layer.padding)
         return self._rescale(acc)
+
+    def forward_exact_at(self, x, phases) -> torch.Tensor:
+        """``forward_exact(x)`` at the positions (r0 + 2i, c0 + 2j) of each phase (r0, c0) in
+        ``phases``, zeros elsewhere. Why: a checkerboard step reads its parameters at half of the
+        positions, so its last convolution need not run at the others. Each phase is one
+        stride-2 convolution of the zero-padded input: the same integer sums at those
+        positions, so the same bits (stride-1, odd square kernels with 'same' padding only)."""
+        (kh, kw), (ph, pw) = self.layer.kernel_size, self.layer.padding
+        if self.layer.stride != (1, 1) or kh != kw or ph != kh // 2 or pw != kw // 2:
+            raise ValueError("forward_exact_at needs a stride-1 'same' convolution")
+        b, _, h, w = x.shape
+        padded = F.pad(x, (pw, pw, ph, ph))
+        out = x.new_zeros((b, self.w_int.shape[0], h, w))
+        for r0, c0 in phases:
+            if r0 >= h or c0 >= w:
+                continue
+            acc = exact_conv.conv2d(padded[:, :, r0:, c0:], self.w_int, self._digits(), self._bias_max(),
+                                    (2, 2), (0, 0))
+            out[:, :, r0::2, c0::2] = self._rescale(acc)
+        return out
 
 
 class ExactDeconv2d(_ExactConvBase):
