@@ -44,7 +44,7 @@ import numpy as np
 from . import container, rvl, video
 from .base import (DEFAULT_MAX_PIXELS, HARD_MAX_PIXELS, CodecBackend, CodecError, EncodedRGBD, MissingReference,
                    OptionSpec, RGBDFrame, check_frame_size, check_max_pixels, check_options, register_backend)
-from .stream_sizes import avif_size, jpeg_size, jpegxl_size, webp_size
+from .stream_sizes import avif_size, jpeg_size, jpegxl_check_one_frame, jpegxl_size, webp_size
 from .depth_quant import MAX_REL, MIN_REL, get_quantiser
 
 MAGIC = b"RDCL"
@@ -200,6 +200,8 @@ def _decode_color(data: bytes, codec: str, w: int, h: int, mono: bool) -> np.nda
     size = readers[codec](data)
     if size != (w, h):
         raise CodecError(f"colour stream is {size[0]}x{size[1]}, the header says {w}x{h}")
+    if codec == "jpegxl":
+        jpegxl_check_one_frame(data, "colour")
     try:
         if codec == "jpeg":
             img = ic.jpeg8_decode(data)
@@ -328,6 +330,7 @@ def _decode_jxl16(data: bytes, w: int, h: int, top: int) -> np.ndarray:
     size = jpegxl_size(data, "depth")
     if size != (w, h):
         raise CodecError(f"depth JPEG XL stream is {size[0]}x{size[1]}, the header says {w}x{h}")
+    jpegxl_check_one_frame(data, "depth")
     try:
         # the first frame only: a forged animation cannot make the library decode more
         img = _imagecodecs().jpegxl_decode(data, index=0)

@@ -117,12 +117,148 @@ def _jxl_u32(bits: _LsbBits, dists) -> int:
     return offset + bits.read(nbits)
 
 
+def _jxl_u64(bits: _LsbBits) -> int:
+    sel = bits.read(2)
+    if sel == 0:
+        return 0
+    if sel == 1:
+        return 1 + bits.read(4)
+    if sel == 2:
+        return 17 + bits.read(8)
+    value, shift = bits.read(12), 12
+    while bits.read(1):
+        if shift == 60:
+            return value | bits.read(4) << 60
+        value |= bits.read(8) << shift
+        shift += 8
+    return value
+
+
+_JXL_ENUM = ((0, 0), (1, 0), (2, 4), (18, 6))
+_JXL_XY = ((0, 19), (524288, 19), (1048576, 20), (2097152, 21))
+
+
+def _jxl_skip_extensions(bits: _LsbBits) -> None:
+    ext = _jxl_u64(bits)
+    total = sum(_jxl_u64(bits) for i in range(64) if ext >> i & 1)
+    if total > 8 * len(bits.data):
+        raise CodecError(f"{bits.what} JPEG XL stream has a malformed header extension")
+    bits.bit += total
+
+
+def _jxl_check_single_frame(bits: _LsbBits, what: str) -> None:
+    """Read the ImageMetadata after the SizeHeader and the first frame's header; refuse what
+    can make libjxl do or allocate more than one frame of the stated size: extra channels (each a
+    whole plane: 256 of them in a 9 kB stream cost 300 MiB at 640x480), animation, a preview,
+    an ICC profile (which hides where the frame starts), and a first frame that is not the
+    last one (layers: libjxl composes every one of them into frame 0; 300 constant layers in
+    a 47 kB stream took 6.8 s at 640x480, a real frame 0.03 s) or is cropped or blended."""
+    def refuse(why: str):
+        raise CodecError(f"{what} JPEG XL stream {why}; this decoder accepts one plain frame without extra channels only")
+
+    xyb = True
+    if not bits.read(1):                        # ImageMetadata.all_default
+        extra_fields = bits.read(1)
+        if extra_fields:
+            bits.read(3)                        # orientation
+            if bits.read(1):                    # intrinsic size: a SizeHeader
+                if bits.read(1):
+                    bits.read(5)
+                    if bits.read(3) == 0:
+                        bits.read(5)
+                else:
+                    dists = ((1, 9), (1, 13), (1, 18), (1, 30))
+                    _jxl_u32(bits, dists)
+                    if bits.read(3) == 0:
+                        _jxl_u32(bits, dists)
+            if bits.read(1):
+                refuse("has a preview image")
+            if bits.read(1):
+                refuse("is an animation")
+        if bits.read(1):                        # BitDepth: floating point
+            _jxl_u32(bits, ((32, 0), (16, 0), (24, 0), (1, 6)))
+            bits.read(4)
+        else:
+            _jxl_u32(bits, ((8, 0), (10, 0), (12, 0), (1, 6)))
+        bits.read(1)                            # modular_16_bit_buffer_sufficient
+        extra = _jxl_u32(bits, ((0, 0), (1, 0), (2, 4), (1, 12)))
+        if extra:
+            refuse(f"has {extra} extra channel{'s' if extra > 1 else ''}")
+        xyb = bits.read(1)
+        if not bits.read(1):                    # ColorEncoding.all_default
+            if bits.read(1):
+                refuse("carries an ICC profile")
+            space = _jxl_u32(bits, _JXL_ENUM)
+            if space != 2:                      # not XYB: a white point
+                if _jxl_u32(bits, _JXL_ENUM) == 2:
+                    for _ in range(2):
+                        _jxl_u32(bits, _JXL_XY)
+            if space not in (1, 2):             # not grey, not XYB: primaries
+                if _jxl_u32(bits, _JXL_ENUM) == 2:
+                    for _ in range(6):
+                        _jxl_u32(bits, _JXL_XY)
+            if space != 2:                      # transfer function
+                if bits.read(1):
+                    bits.read(24)
+                else:
+                    _jxl_u32(bits, _JXL_ENUM)
+            _jxl_u32(bits, _JXL_ENUM)           # rendering intent
+        if extra_fields and not bits.read(1):   # ToneMapping.all_default
+            bits.read(16 + 16 + 1 + 16)
+        _jxl_skip_extensions(bits)
+    if not bits.read(1):                        # CustomTransformData.all_default
+        if xyb and not bits.read(1):            # OpsinInverseMatrix.all_default
+            bits.read(16 * 16)
+        mask = bits.read(3)
+        bits.read(16 * ((15 if mask & 1 else 0) + (55 if mask & 2 else 0) + (210 if mask & 4 else 0)))
+    bits.bit = -(-bits.bit // 8) * 8            # frames start on a byte boundary
+    if bits.read(1):                            # FrameHeader.all_default: one regular last frame
+        return
+    if _jxl_u32(bits, ((0, 0), (1, 0), (2, 0), (3, 0))) != 0:
+        refuse("starts with a DC or reference frame (more than one frame)")
+    modular = bits.read(1)
+    flags = _jxl_u64(bits)
+    ycbcr = 0 if xyb else bits.read(1)
+    if ycbcr and not flags & 32:
+        bits.read(6)                            # chroma subsampling
+    if not flags & 32:
+        bits.read(2)                            # upsampling
+    if modular:
+        bits.read(2)                            # group size shift
+    elif xyb:
+        bits.read(6)                            # x/b quantisation matrix scales
+    passes = _jxl_u32(bits, ((1, 0), (2, 0), (3, 0), (4, 3)))
+    if passes != 1:
+        down = _jxl_u32(bits, ((0, 0), (1, 0), (2, 0), (3, 1)))
+        bits.read(2 * (passes - 1))
+        bits.read(2 * down)
+        for _ in range(down):
+            _jxl_u32(bits, ((0, 0), (1, 0), (2, 0), (0, 3)))
+    if bits.read(1):
+        refuse("has a cropped or offset frame")
+    if _jxl_u32(bits, ((0, 0), (1, 0), (2, 0), (3, 2))) != 0:
+        refuse("blends its first frame")
+    if not bits.read(1):
+        refuse("has more than one frame (layers or an animation)")
+
+
 def jpegxl_size(data: bytes, what: str = "colour") -> Tuple[int, int]:
     """(width, height) from a bare JPEG XL codestream's SizeHeader.
 
     The project writes bare codestreams (0xFF 0x0A); the ISO BMFF container form is refused
-    rather than half-parsed. ``what`` names the section in errors (colour, depth).
+    rather than half-parsed. ``what`` names the section in errors (colour, depth). Once the size
+    matches the payload header, :func:`jpegxl_check_one_frame` checks the rest of the headers.
     """
+    return _jxl_size_bits(data, what)[0]
+
+
+def jpegxl_check_one_frame(data: bytes, what: str = "colour") -> None:
+    """CodecError unless the codestream holds one plain frame (see ``_jxl_check_single_frame``)."""
+    _jxl_check_single_frame(_jxl_size_bits(data, what)[1], what)
+
+
+def _jxl_size_bits(data: bytes, what: str):
+    """((width, height), the bit reader just past the SizeHeader)."""
     if data[:2] != b"\xff\x0a":
         raise CodecError(f"{what} section is not a bare JPEG XL codestream")
     bits = _LsbBits(data, 2, what)
@@ -138,7 +274,7 @@ def jpegxl_size(data: bytes, what: str = "colour") -> Tuple[int, int]:
     if width is None:
         num, den = _JXL_RATIOS[ratio]
         width = height * num // den
-    return width, height
+    return (width, height), bits
 
 
 # --------------------------------------------------------------------------- AVIF
@@ -276,6 +412,11 @@ def avif_size(data: bytes) -> Tuple[int, int]:
                                     spatial.append(struct.unpack_from(">II", data, s4 + 4))
                                 elif k4 == b"av1C" and e4 - s4 > 4:
                                     seq += _av1_sequence_sizes(data, s4 + 4, e4)
+                elif k2 == b"idat":
+                    # item data inside 'meta': the AV1 sequence headers below are read from 'mdat'
+                    # only, so a small one in 'av1C' would vouch for a larger frame kept here
+                    raise CodecError("colour AVIF stream keeps its image data in an 'idat' box; this "
+                                     "decoder accepts image data in 'mdat' only")
                 elif k2 == b"iinf":
                     if e2 - s2 < 4:
                         raise CodecError("colour AVIF stream has a short item information box")
