@@ -50,6 +50,8 @@ os.environ.setdefault("SVT_LOG", "1")   # SVT-AV1: errors only
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "test"))
 
+from forge import progressive_jpeg  # noqa: E402  (test/: the forging helpers the hostile tests use)
+
 DATA_DIR = Path(os.environ.get("RGBD_DATA_DIR", REPO / ".." / "shared" / "data" / "rgbd"))
 TINY_WEIGHTS = REPO / "test" / "data" / "tiny_trained.pt"
 #: classical seeds: a crop of a real frame (small: cases are many) and one whole frame
@@ -78,6 +80,7 @@ def _frames():
 
 def classical_seeds() -> List[Seed]:
     import numpy as np
+
     from rgbd_codec_ros.codec import classical, container
     from rgbd_codec_ros.codec.base import RGBDFrame
 
@@ -125,6 +128,7 @@ def classical_seeds() -> List[Seed]:
 
 def learned_seeds() -> List[Seed]:
     import torch
+
     from rgbd_codec_ros.codec.base import RGBDFrame
     from rgbd_codec_ros.codec.learned import bitstream as bs
     from rgbd_codec_ros.codec.learned.backend import LearnedBackend
@@ -151,8 +155,8 @@ def learned_seeds() -> List[Seed]:
 
 # --------------------------------------------------------------------------- hostile streams
 def _avif_sequence(w: int, h: int, frames: int) -> bytes:
-    import numpy as np
     import imagecodecs
+    import numpy as np
 
     img = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
     return bytes(imagecodecs.avif_encode(np.stack([img] * frames), level=60, speed=8))
@@ -166,32 +170,13 @@ def _avif_empty_box(which: bytes) -> bytes:
     return ftyp + struct.pack(">I4s", 12 + len(inner), b"meta") + b"\0\0\0\0" + inner
 
 
-def progressive_jpeg(w: int, h: int, scans: int) -> bytes:
-    """A grey progressive JPEG of ``scans`` AC scans, each an EOB run over every block (a few
-    bytes a scan; libjpeg walks every block of the image for each one)."""
-    def seg(marker, body):
-        return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
-
-    out = b"\xff\xd8" + seg(0xDB, b"\x00" + bytes([1] * 64))
-    out += seg(0xC2, struct.pack(">BHHB", 8, h, w, 1) + bytes([1, 0x11, 0]))
-    out += seg(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")   # AC table: EOB14 only, code '0'
-    left, bits = ((w + 7) // 8) * ((h + 7) // 8), ""
-    while left > 0:
-        run = max(16384, min(left, 32767))
-        bits += "0" + format(run - 16384, "014b")
-        left -= run
-    bits += "1" * (-len(bits) % 8)
-    data = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
-    sos = seg(0xDA, bytes([1, 1, 0x00, 1, 63, 0x00]))
-    return out + (sos + data) * scans + b"\xff\xd9"
-
-
 class StreamPool:
     """Inner streams of every kind, to swap into a payload's sections."""
 
     def __init__(self, classical_seed_list: List[Seed]):
-        import numpy as np
         import imagecodecs
+        import numpy as np
+
         from rgbd_codec_ros.codec import classical, container, rvl
 
         self.streams: Dict[str, bytes] = {}
@@ -280,6 +265,7 @@ def _patch_inner_size(data: bytes, w: int, h: int) -> Optional[bytes]:
     """The inner stream with the size it states set to w x h (JPEG SOF, WebP, JPEG XL
     SizeHeader, AVIF ispe, PNG IHDR), or None where this stream has no such field we can set."""
     import zlib
+
     from forge import jxl_size_header
 
     b = bytearray(data)
@@ -331,8 +317,9 @@ class Case:
 def crafted_cases() -> List[Case]:
     """Hand-made hostile payloads the random mutations rarely reach, at sizes the default limit
     allows: a progressive JPEG of many empty scans, an AVIF image sequence, AVIF boxes cut short."""
-    import numpy as np
     import imagecodecs
+    import numpy as np
+
     from rgbd_codec_ros.codec import classical, container, rvl
 
     def payload(w, h, color_id, colour: bytes, mono: bool) -> bytes:
@@ -580,6 +567,7 @@ def _worker(conn, family: str) -> None:
 
     if family == "learned":
         import torch
+
         from rgbd_codec_ros.codec.learned.backend import LearnedBackend
 
         torch.set_num_threads(1)

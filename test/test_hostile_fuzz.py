@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from forge import progressive_jpeg
 
 from rgbd_codec_ros.codec import classical, container, rvl
 from rgbd_codec_ros.codec.base import CodecError
@@ -33,26 +34,6 @@ def _avif_cut_box(which: bytes) -> bytes:
     else:
         inner = struct.pack(">I4s", 8 + 6 + 8, b"iinf") + b"\0\0\0\0\0\1" + struct.pack(">I4s", 8, b"infe")
     return ftyp + struct.pack(">I4s", 12 + len(inner), b"meta") + b"\0\0\0\0" + inner
-
-
-def progressive_jpeg(w: int, h: int, scans: int) -> bytes:
-    """A grey progressive JPEG of ``scans`` AC scans that each code one end-of-band run over every
-    block: ~20 bytes a scan, a pass over the whole image each for libjpeg."""
-    def seg(marker, body):
-        return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
-
-    out = b"\xff\xd8" + seg(0xDB, b"\x00" + bytes([1] * 64))
-    out += seg(0xC2, struct.pack(">BHHB", 8, h, w, 1) + bytes([1, 0x11, 0]))
-    out += seg(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\xe0")    # AC table: EOB14 only
-    left, bits = ((w + 7) // 8) * ((h + 7) // 8), ""
-    while left > 0:
-        run = max(16384, min(left, 32767))
-        bits += "0" + format(run - 16384, "014b")
-        left -= run
-    bits += "1" * (-len(bits) % 8)
-    data = bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
-    sos = seg(0xDA, bytes([1, 1, 0x00, 1, 63, 0x00]))
-    return out + (sos + data) * scans + b"\xff\xd9"
 
 
 @pytest.mark.parametrize("which", [b"iinf", b"infe"])
@@ -89,6 +70,7 @@ def test_avif_image_sequence_is_refused_before_decoding():
 
 def test_avif_still_images_of_the_encoder_still_decode(data_dir):
     from learned_fixtures import load_pair
+
     from rgbd_codec_ros.codec.base import RGBDFrame
 
     color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 0)
@@ -224,6 +206,7 @@ def test_jpegxl_extra_channels_are_refused_before_decoding(section):
 
 def test_jpegxl_streams_of_the_encoder_still_decode(data_dir):
     from learned_fixtures import load_pair
+
     from rgbd_codec_ros.codec.base import RGBDFrame
 
     color, depth, scale = load_pair(data_dir, "realsense_d435_taeyoung", 0)
