@@ -6,6 +6,9 @@ optionally fed by player_node instead of a camera.
     # no camera: the procedural synthetic room, or a folder with color/ and depth/:
     ros2 launch rgbd_codec_ros pipeline.launch.py use_player:=true
     ros2 launch rgbd_codec_ros pipeline.launch.py use_player:=true player_source:=/data/seq1
+    # over an emulated thin link (docs/ratecontrol.md): 1.25 Mbit/s, 50 ms, 1 % loss, 1 Mbit/s budget
+    ros2 launch rgbd_codec_ros pipeline.launch.py use_player:=true use_link_emulator:=true \
+        link_kbps:=1250 link_delay_ms:=50 link_loss_pct:=1 target_kbps:=1000 adapt_to_link:=true
 
 In a real deployment run encoder.launch.py on the robot and decoder.launch.py
 where the images are needed; this file starts both in one namespace.
@@ -17,7 +20,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -55,6 +58,14 @@ def generate_launch_description():
                               description="encoder learned.quality, -1..3; empty = the YAML file's"),
         DeclareLaunchArgument("learned_weights", default_value="",
                               description="encoder learned.weights; empty = the YAML file's"),
+        DeclareLaunchArgument("use_link_emulator", default_value="false",
+                              description="relay rgbd/compressed through link_emulator_node to the decoder"),
+        DeclareLaunchArgument("link_kbps", default_value="0.0", description="emulated link rate, kbit/s (0 = unlimited)"),
+        DeclareLaunchArgument("link_delay_ms", default_value="0.0", description="emulated one-way delay, ms"),
+        DeclareLaunchArgument("link_jitter_ms", default_value="0.0", description="emulated jitter (0..value), ms"),
+        DeclareLaunchArgument("link_loss_pct", default_value="0.0", description="emulated random loss, percent"),
+        DeclareLaunchArgument("link_queue_ms", default_value="500.0",
+                              description="emulated radio buffer: tail drop past this many ms of queue"),
         DeclareLaunchArgument("color_info", default_value="color/camera_info"),
         DeclareLaunchArgument("depth_info", default_value="depth/camera_info"),
         Node(
@@ -74,5 +85,22 @@ def generate_launch_description():
                 target_kbps=arg("target_kbps"), adapt_to_link=arg("adapt_to_link"),
                 color_quality=arg("color_quality"), depth_codec=arg("depth_codec"),
                 learned_quality=arg("learned_quality"), learned_weights=arg("learned_weights")),
-        include("decoder.launch.py", namespace=arg("namespace"), params_file=arg("decoder_params")),
+        Node(
+            package="rgbd_codec_ros",
+            executable="link_emulator_node",
+            name="rgbd_link_emulator",
+            namespace=arg("namespace"),
+            parameters=[{"bandwidth_kbps": ParameterValue(arg("link_kbps"), value_type=float),
+                         "delay_ms": ParameterValue(arg("link_delay_ms"), value_type=float),
+                         "jitter_ms": ParameterValue(arg("link_jitter_ms"), value_type=float),
+                         "loss_pct": ParameterValue(arg("link_loss_pct"), value_type=float),
+                         "queue_ms": ParameterValue(arg("link_queue_ms"), value_type=float)}],
+            condition=IfCondition(arg("use_link_emulator")),
+            output="screen",
+            emulate_tty=True,
+        ),
+        # with the emulator the decoder reads what comes out of the link (its output_topic)
+        include("decoder.launch.py", namespace=arg("namespace"), params_file=arg("decoder_params"),
+                compressed=PythonExpression(["'link/rgbd/compressed' if '", arg("use_link_emulator"),
+                                             "'.lower() == 'true' else 'rgbd/compressed'"])),
     ])

@@ -93,9 +93,9 @@ def _wait_for_node_then_interrupt(cmd, env, name_part: str, timeout: float = 30.
 
 def test_venv_route_installed_package():
     """What scripts/setup_venv.sh installed into this environment works outside the source tree."""
-    for exe in ("encoder_node", "decoder_node", "rgbd_player_node", "rgbd-codec", "rgbd-demo"):
+    for exe in ("encoder_node", "decoder_node", "rgbd_player_node", "link_emulator_node", "rgbd-codec", "rgbd-demo"):
         assert os.access(PREFIX / "bin" / exe, os.X_OK), f"{exe} missing: run scripts/setup_venv.sh"
-    for exe in ("encoder_node", "decoder_node", "player_node"):
+    for exe in ("encoder_node", "decoder_node", "player_node", "link_emulator_node"):
         assert os.access(PREFIX / "lib" / "rgbd_codec_ros" / exe, os.X_OK), exe
     share = PREFIX / "share" / "rgbd_codec_ros"
     for rel in ("package.xml", "msg/CompressedRGBD.msg", "config/fastdds_localhost.xml"):
@@ -184,7 +184,7 @@ def colcon_install(tmp_path_factory):
 @pytest.mark.slow
 def test_colcon_route_layout(colcon_install):
     prefix, _ = colcon_install
-    for exe in ("encoder_node", "decoder_node", "player_node"):
+    for exe in ("encoder_node", "decoder_node", "player_node", "link_emulator_node"):
         assert os.access(prefix / "lib" / "rgbd_codec_ros" / exe, os.X_OK), exe
     share = prefix / "share" / "rgbd_codec_ros"
     assert (share / "package.xml").is_file()
