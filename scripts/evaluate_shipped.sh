@@ -33,7 +33,8 @@ PY
 ANCHORS=(jpeg+png16 jpegxl+jpegxl16-lossy)
 # the four trained points plus two extrapolated below them (quality -1 and -0.5)
 LQ=(--quality learned=-1,-0.5,0,1,2,3)
-# 1. held-out source (never trained on): the shipped joint model, the classical backend, anchors
+# 1. the D435: held out until session 2, a training source since session 3 (these 8 pairs span the whole
+#    sequence, most of them trained on): the shipped joint model, the classical backend, anchors
 "${EVAL[@]}" --data "$DATA/realsense_d435_taeyoung" --limit 8 --weights "$MODELS/lite.pt" "${LQ[@]}" \
     --codec learned classical "${ANCHORS[@]}" --json "$OUT/heldout_d435.json" --plot "$OUT/rd_heldout_d435.png" \
     | tee "$OUT/heldout_d435.txt"
@@ -51,8 +52,8 @@ LQ=(--quality learned=-1,-0.5,0,1,2,3)
 import json, sys
 from rgbd_codec_ros.training.evaluate import plot_rd
 joint, separate = (json.load(open(p))["summary"] for p in sys.argv[1:3])
-rows = [dict(r, codec="learned lite (joint)") if r["codec"] == "learned" else r for r in joint]
-rows += [dict(r, codec="learned lite-separate (default)") for r in separate if r["codec"] == "learned"]
+rows = [dict(r, codec="learned lite (joint, default)") if r["codec"] == "learned" else r for r in joint]
+rows += [dict(r, codec="learned lite-separate") for r in separate if r["codec"] == "learned"]
 plot_rd(rows, sys.argv[3], "8 held-out pairs: realsense_d435_taeyoung")
 PY
 # BD-rate of the joint model against the separate ablation (same pairs)
